@@ -515,15 +515,12 @@ def write_nifti(
     path = Path(path)
     suffix = _nifti_suffix(path)
     data = np.asarray(data)
-    if data.ndim != geometry.ndim:
+    expected = geometry.array_shape
+    if data.ndim != geometry.ndim or (expected is not None and tuple(data.shape) != expected):
         raise InputError(
-            f"{path}: array has {data.ndim} axes {data.shape} but its geometry has "
-            f"{geometry.ndim} ({geometry.array_shape or geometry.spacing})"
-        )
-    if geometry.array_shape is not None and tuple(data.shape) != geometry.array_shape:
-        raise InputError(
-            f"{path}: array shape {tuple(data.shape)} does not match the source geometry "
-            f"{geometry.array_shape} (napari order); it would not line up with its image"
+            f"{path}: array shape {tuple(data.shape)} does not match its geometry "
+            f"({expected or f'{geometry.ndim} axes'}, napari order); it would not line up "
+            "with its source image"
         )
     if path.exists() and not overwrite:
         raise InputError(f"{path}: file exists; refusing to overwrite (pass overwrite=True)")
