@@ -1,0 +1,240 @@
+"""Model checkpoints: safetensors weights with the configuration in the same file.
+
+One ``.safetensors`` file holds everything needed to segment: the network weights and, in the
+file's string metadata, ``format = "napari-sdnet"``, a format version and a JSON ``info`` block
+with the model preset (:class:`~napari_sdnet.model.ModelConfig`), the preprocessing
+(:class:`~napari_sdnet.preprocess.PreprocessConfig`), the model type (``sdnet``/``unet``/``gan``),
+the training data and labelled count, and metrics. Loading never unpickles anything (safetensors
+holds raw tensors only), maps to the requested device, and refuses a file of another kind or a
+mismatched preset with a :class:`~napari_sdnet.errors.CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from napari_sdnet.errors import CheckpointError, InputError
+from napari_sdnet.model import ModelConfig, SDNet
+from napari_sdnet.preprocess import PreprocessConfig
+
+FORMAT = "napari-sdnet"
+FORMAT_VERSION = 1
+MODEL_TYPES = ("sdnet", "unet", "gan")
+_DISCRIMINATOR_PREFIXES = ("mask_discriminator.", "image_discriminator.")
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint is: how to rebuild and feed the model, and where it came from."""
+
+    model_config: ModelConfig
+    preprocess: PreprocessConfig
+    model_type: str = "sdnet"
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    version: str = ""
+    has_discriminators: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise InputError(
+                f"unknown model type {self.model_type!r}; choose one of {', '.join(MODEL_TYPES)}"
+            )
+        if self.preprocess.size != self.model_config.image_size:
+            raise InputError(
+                f"preprocessing size {self.preprocess.size} does not match the model's input "
+                f"size {self.model_config.image_size}"
+            )
+
+    @property
+    def preset(self) -> str:
+        return self.model_config.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_config": self.model_config.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "model_type": self.model_type,
+            "training": self.training,
+            "metrics": self.metrics,
+            "created": self.created,
+            "version": self.version,
+            "has_discriminators": self.has_discriminators,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckpointInfo:
+        return cls(
+            model_config=ModelConfig.from_dict(data["model_config"]),
+            preprocess=PreprocessConfig.from_dict(data["preprocess"]),
+            model_type=data.get("model_type", "sdnet"),
+            training=dict(data.get("training", {})),
+            metrics=dict(data.get("metrics", {})),
+            created=data.get("created", ""),
+            version=data.get("version", ""),
+            has_discriminators=bool(data.get("has_discriminators", True)),
+        )
+
+    def summary(self) -> str:
+        """A few human-readable lines (what ``napari-sdnet info`` prints)."""
+        cfg, pre = self.model_config, self.preprocess
+        lines = [
+            f"model type     : {self.model_type}",
+            f"preset         : {cfg.name} ({cfg.image_size}x{cfg.image_size}, "
+            f"{cfg.base_filters}-{cfg.unet_widths[-1]} filters, Z = {cfg.z_dim})",
+            f"preprocessing  : {pre.target_spacing} mm/pixel, {pre.size}x{pre.size}, "
+            f"clip {pre.clip_percentiles[0]}-{pre.clip_percentiles[1]} percentiles",
+            f"created        : {self.created or 'unknown'} (napari-sdnet {self.version or '?'})",
+        ]
+        for key, value in self.training.items():
+            lines.append(f"training.{key:<7}: {value}")
+        for key, value in self.metrics.items():
+            lines.append(f"metrics.{key:<8}: {value}")
+        return "\n".join(lines)
+
+
+def _version() -> str:
+    from napari_sdnet import __version__
+
+    return __version__
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: SDNet,
+    info: CheckpointInfo,
+    *,
+    include_discriminators: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` and ``info`` to one safetensors file, atomically.
+
+    Without ``overwrite`` an existing file is an error. Discriminators are needed to fine-tune
+    with SDNet's adversarial losses; leave them out for the smallest inference-only file.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InputError(f"model files end in .safetensors, got {path.name}")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} exists; choose another name or allow overwriting")
+    if info.model_config != model.config:
+        raise InputError("checkpoint info does not describe this model's configuration")
+    state = {
+        key: value.detach().to("cpu").contiguous()
+        for key, value in model.state_dict().items()
+        if include_discriminators or not key.startswith(_DISCRIMINATOR_PREFIXES)
+    }
+    info.has_discriminators = include_discriminators
+    info.created = info.created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    info.version = info.version or _version()
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "info": json.dumps(info.to_dict()),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
+    """Read only the configuration of a checkpoint (no weights are loaded)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for foreign files
+        raise CheckpointError(
+            f"{path.name} is not a napari-sdnet model (not a readable safetensors file: "
+            f"{str(exc).splitlines()[0][:120]})"
+        ) from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path.name} is a safetensors file but not a napari-sdnet model "
+            "(no napari-sdnet metadata)"
+        )
+    try:
+        version = int(metadata.get("format_version", "0"))
+    except ValueError:
+        version = -1
+    if version < 1 or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path.name} has model format version {metadata.get('format_version')!r}; this "
+            f"napari-sdnet reads version {FORMAT_VERSION} (update napari-sdnet?)"
+        )
+    try:
+        return CheckpointInfo.from_dict(json.loads(metadata["info"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path.name} has corrupt napari-sdnet metadata: {exc}") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    device: Any = "cpu",
+    expected_preset: str | None = None,
+) -> tuple[SDNet, CheckpointInfo]:
+    """Rebuild the model stored in ``path`` on ``device`` (eval mode) and return it with its info.
+
+    Raises :class:`CheckpointError` for a missing file, a file of another kind, a preset other
+    than ``expected_preset`` or weights that do not fit the stored configuration.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    info = read_checkpoint_info(path)
+    name = Path(path).name
+    if expected_preset is not None and info.preset != expected_preset:
+        raise CheckpointError(
+            f"{name} holds a {info.preset!r} model, but a {expected_preset!r} model was expected"
+        )
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"{name}: cannot read the weights ({exc})") from None
+    model = SDNet(info.model_config)
+    expected = model.state_dict()
+    if not info.has_discriminators:
+        state = {
+            **{k: v for k, v in expected.items() if k.startswith(_DISCRIMINATOR_PREFIXES)},
+            **state,
+        }
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            details.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
+        raise CheckpointError(
+            f"{name}: weights do not match the {info.preset!r} preset it declares: "
+            + "; ".join(details)
+        )
+    with torch.no_grad():
+        model.load_state_dict(state, strict=True)
+    model.to(device)
+    model.eval()
+    return model, info

@@ -1,0 +1,511 @@
+"""The one training loop, written as a generator that yields :class:`Progress`.
+
+Used by ``napari-sdnet train``, by fine-tuning (API, CLI and the napari widget) and by the
+benchmarks. The caller drives it::
+
+    for progress in train(model, data, TrainConfig(max_seconds=60)):
+        print(progress.iteration, progress.losses)
+
+and may stop between yields (``generator.close()``, or just breaking out of the loop): the model
+is then left usable, holding the best weights seen on validation (or the latest weights when
+there is no validation set).
+
+Semi-supervised SDNet as in the reference (Chartsias et al. 2018 and the authors' code): per
+iteration one generator step on an unlabelled batch, one on a labelled batch, then one step for
+both discriminators (least-squares GAN, a pool of past fakes). The baselines ``unet`` (Dice loss
+only) and ``gan`` (U-Net plus the mask discriminator) use the same loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_sdnet.errors import InputError
+from napari_sdnet.inference import predict_slices
+from napari_sdnet.model import SDNet, binarise
+from napari_sdnet.training.losses import (
+    dice_loss,
+    hard_dice,
+    lsgan_discriminator_loss,
+    lsgan_generator_loss,
+)
+
+MODEL_TYPES = ("sdnet", "unet", "gan")
+
+
+@dataclass
+class LossWeights:
+    """Loss weights. Labelled terms: the paper's lambdas; unlabelled: the authors' code."""
+
+    dice: float = 10.0  # Dice(M_gt, M)
+    recon_gt: float = 10.0  # L1(g(M_gt, Z), X)
+    recon: float = 1.0  # L1(g(M, Z), X)
+    adv_mask: float = 10.0  # LSGAN on M
+    adv_image: float = 1.0  # LSGAN on g(M_gt, Z)
+    unl_adv_mask: float = 10.0  # unlabelled: LSGAN on M
+    unl_recon: float = 5.0  # unlabelled: L1(g(M, Z), X)
+    unl_adv_image: float = 5.0  # unlabelled: LSGAN on g(M, Z)
+
+
+@dataclass
+class AugmentConfig:
+    """On-the-fly augmentation of training batches (on the training device)."""
+
+    enabled: bool = True
+    rotation_deg: float = 15.0
+    rotate90: bool = False  # random multiples of 90 degrees (for unknown orientations)
+    flip: bool = True  # random left-right and up-down flips
+    scale: tuple[float, float] = (0.85, 1.15)  # zoom: covers spacing differences between sites
+    shift: float = 0.05  # fraction of the field of view
+    gamma: tuple[float, float] = (0.7, 1.4)
+    contrast: tuple[float, float] = (0.85, 1.15)
+    noise_std: float = 0.02
+    probability: float = 0.8  # chance that a slice is augmented at all
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training (or fine-tuning) run."""
+
+    model_type: str = "sdnet"
+    batch_size: int = 4
+    lr: float = 1e-4
+    beta1: float = 0.5
+    max_iterations: int | None = None
+    max_epochs: int | None = 200
+    max_seconds: float | None = None
+    iterations_per_epoch: int | None = None  # default: one pass over the larger stream
+    patience: int | None = 20  # epochs without a better validation Dice before stopping
+    validate_every: int = 1  # epochs
+    pool_size: int = 50
+    amp: bool = True  # mixed precision, CUDA only
+    seed: int = 0
+    weights: LossWeights = field(default_factory=LossWeights)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    freeze: Sequence[str] = ()  # parameter-name prefixes not to update, e.g. ("reconstructor",)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise InputError(
+                f"unknown model type {self.model_type!r}; choose one of {', '.join(MODEL_TYPES)}"
+            )
+        if self.batch_size < 1:
+            raise InputError("batch size must be >= 1")
+        if self.max_iterations is None and self.max_epochs is None and self.max_seconds is None:
+            raise InputError("give at least one of max_iterations, max_epochs, max_seconds")
+
+
+@dataclass
+class TrainData:
+    """Model-grid arrays for training. Images (N, S, S) in [-1, 1], masks (N, S, S) binary."""
+
+    labelled_images: np.ndarray
+    labelled_masks: np.ndarray
+    unlabelled_images: np.ndarray | None = None
+    real_masks: np.ndarray | None = None  # "real" masks for D_M; default: the labelled masks
+    val_images: np.ndarray | None = None
+    val_masks: np.ndarray | None = None
+    val_volume_ids: Sequence[str] | None = None  # per val slice: Dice is per volume (3D)
+
+    @classmethod
+    def from_slice_sets(cls, labelled, unlabelled=None, validation=None, real_masks=None):
+        """Build from :class:`~napari_sdnet.io.datasets.SliceSet` objects."""
+        return cls(
+            labelled_images=labelled.images,
+            labelled_masks=labelled.masks,
+            unlabelled_images=None if unlabelled is None else unlabelled.images,
+            real_masks=real_masks,
+            val_images=None if validation is None else validation.images,
+            val_masks=None if validation is None else validation.masks,
+            val_volume_ids=None if validation is None else list(validation.volume_ids),
+        )
+
+    def check(self, size: int) -> None:
+        if len(self.labelled_images) == 0:
+            raise InputError("no labelled slice to train on")
+        arrays = {
+            "labelled images": self.labelled_images,
+            "labelled masks": self.labelled_masks,
+            "unlabelled images": self.unlabelled_images,
+            "real masks": self.real_masks,
+            "validation images": self.val_images,
+            "validation masks": self.val_masks,
+        }
+        for name, arr in arrays.items():
+            if arr is not None and (arr.ndim != 3 or arr.shape[1:] != (size, size)):
+                raise InputError(
+                    f"{name} have shape {arr.shape}; the model needs (N, {size}, {size})"
+                )
+        if len(self.labelled_images) != len(self.labelled_masks):
+            raise InputError("labelled images and masks differ in number")
+
+
+@dataclass
+class Progress:
+    """One report from the training loop."""
+
+    iteration: int
+    epoch: int
+    iterations_per_epoch: int
+    max_iterations: int | None
+    elapsed: float
+    losses: dict[str, float] = field(default_factory=dict)
+    val_dice: float | None = None  # set on iterations where validation ran
+    best_val_dice: float | None = None
+    best_iteration: int | None = None
+    done: bool = False
+    stop_reason: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        """Share of the iteration budget used, when there is one."""
+        if self.max_iterations:
+            return min(1.0, self.iteration / self.max_iterations)
+        return None
+
+
+class FakePool:
+    """The last ``size`` generated samples; queries mix new and stored ones (as in CycleGAN)."""
+
+    def __init__(self, size: int, generator: torch.Generator) -> None:
+        self.size = size
+        self.items: list[torch.Tensor] = []
+        self._rng = generator
+
+    def query(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.size <= 0:
+            return batch
+        out = []
+        for item in batch.detach():
+            if len(self.items) < self.size:
+                self.items.append(item.clone())
+                out.append(item)
+            elif torch.rand(1, generator=self._rng).item() < 0.5:
+                idx = int(torch.randint(len(self.items), (1,), generator=self._rng))
+                out.append(self.items[idx].clone())
+                self.items[idx] = item.clone()
+            else:
+                out.append(item)
+        return torch.stack(out)
+
+
+class _Stream:
+    """Endless shuffled batches of indices; reshuffles when it wraps."""
+
+    def __init__(self, n: int, batch: int, rng: np.random.Generator) -> None:
+        self.n, self.batch, self.rng = n, batch, rng
+        self.order = rng.permutation(n)
+        self.pos = 0
+
+    def next(self) -> np.ndarray:
+        out = []
+        while len(out) < self.batch:
+            if self.pos >= self.n:
+                self.order = self.rng.permutation(self.n)
+                self.pos = 0
+            take = min(self.batch - len(out), self.n - self.pos)
+            out.extend(self.order[self.pos : self.pos + take])
+            self.pos += take
+        return np.asarray(out)
+
+
+def augment_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor | None,
+    cfg: AugmentConfig,
+    gen: torch.Generator,
+    pad_value: float = -1.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random affine (rotation, flips, zoom, shift) and intensity changes of (B, 1, S, S) batches.
+
+    Masks get the same geometry (nearest); the padding outside the field of view stays
+    ``pad_value`` for images and 0 for masks.
+    """
+    if not cfg.enabled:
+        return images, masks
+    b = images.shape[0]
+    dev = images.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(b, generator=gen).mul(hi - lo).add(lo)
+
+    apply = (torch.rand(b, generator=gen) < cfg.probability).float()
+    angle = torch.deg2rad(uniform(-cfg.rotation_deg, cfg.rotation_deg)) * apply
+    if cfg.rotate90:
+        angle = angle + torch.randint(0, 4, (b,), generator=gen).float() * (math.pi / 2) * apply
+    zoom = 1.0 + (uniform(*cfg.scale) - 1.0) * apply
+    flip_x = torch.where((torch.rand(b, generator=gen) < 0.5) & (apply > 0) & cfg.flip, -1.0, 1.0)
+    flip_y = torch.where((torch.rand(b, generator=gen) < 0.5) & (apply > 0) & cfg.flip, -1.0, 1.0)
+    shift = torch.stack([uniform(-cfg.shift, cfg.shift), uniform(-cfg.shift, cfg.shift)], 1) * 2
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip_x, -sin * flip_y
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip_x, cos * flip_y
+    theta[:, :, 2] = shift * apply[:, None]
+    theta = theta.to(dev, images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    # grid_sample pads with zeros: shift the images so that zero padding means pad_value.
+    out = F.grid_sample(images - pad_value, grid, mode="bilinear", align_corners=False)
+    out = out + pad_value
+    if masks is not None:
+        masks = F.grid_sample(masks, grid, mode="nearest", align_corners=False)
+    # Intensity: gamma and contrast on [0, 1], then additive Gaussian noise.
+    gamma = torch.exp(uniform(math.log(cfg.gamma[0]), math.log(cfg.gamma[1])) * apply)
+    contrast = 1.0 + (uniform(*cfg.contrast) - 1.0) * apply
+    unit = ((out + 1.0) / 2.0).clamp(0.0, 1.0)
+    unit = unit ** gamma.to(dev)[:, None, None, None]
+    unit = (unit - 0.5) * contrast.to(dev)[:, None, None, None] + 0.5
+    out = unit * 2.0 - 1.0
+    if cfg.noise_std > 0:
+        noise = torch.randn(out.shape, generator=gen).to(dev) * cfg.noise_std
+        out = out + noise * apply.to(dev)[:, None, None, None]
+    return out.clamp(-1.0, 1.0), masks
+
+
+def validation_dice(
+    model: SDNet, images: np.ndarray, masks: np.ndarray, volume_ids: Sequence[str] | None
+) -> float:
+    """Mean hard myocardium Dice, per volume (3D) when ``volume_ids`` is given, else per slice."""
+    prob = predict_slices(model, images, batch_size=32).probability
+    pred = prob >= 0.5
+    ids = list(volume_ids) if volume_ids is not None else [str(i) for i in range(len(images))]
+    scores = []
+    for vid in dict.fromkeys(ids):
+        sel = np.asarray([i == vid for i in ids])
+        scores.append(hard_dice(pred[sel], masks[sel] > 0))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _cpu_state(model: SDNet) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def train(
+    model: SDNet, data: TrainData, config: TrainConfig | None = None
+) -> Generator[Progress, None, Progress]:
+    """Train ``model`` in place on its current device, yielding :class:`Progress` per iteration.
+
+    Stops at the first of: ``max_iterations``, ``max_epochs``, ``max_seconds``, early stopping
+    (``patience`` epochs without a better validation Dice), or the caller closing the generator.
+    In every case the model ends holding the best validated weights (or the last ones when there
+    is no validation set), in eval mode. The final :class:`Progress` has ``done=True``.
+    """
+    config = config or TrainConfig()
+    size = model.config.image_size
+    data.check(size)
+    device = next(model.parameters()).device
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    sdnet, gan = config.model_type == "sdnet", config.model_type in ("sdnet", "gan")
+    has_unlabelled = data.unlabelled_images is not None and len(data.unlabelled_images) > 0
+    use_unlabelled = has_unlabelled and config.model_type != "unet"
+
+    for name, param in model.named_parameters():
+        param.requires_grad_(not any(name.startswith(p) for p in config.freeze))
+    g_params = [p for p in model.generator_parameters() if p.requires_grad]
+    d_params = list(model.discriminator_parameters())
+    if not g_params:
+        raise InputError("every generator parameter is frozen: nothing to train")
+    betas = (config.beta1, 0.999)
+    opt_g = torch.optim.Adam(g_params, lr=config.lr, betas=betas)
+    opt_d = torch.optim.Adam(d_params, lr=config.lr, betas=betas) if gan else None
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.float16
+    scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp)
+
+    lab_x = torch.from_numpy(np.asarray(data.labelled_images, np.float32))
+    lab_m = torch.from_numpy(np.asarray(data.labelled_masks > 0, np.float32))
+    unl_x = torch.from_numpy(np.asarray(data.unlabelled_images, np.float32)) if use_unlabelled else None
+    real_masks = data.real_masks if data.real_masks is not None else data.labelled_masks
+    real_m = torch.from_numpy(np.asarray(real_masks > 0, np.float32))
+    bs = config.batch_size
+    lab_stream = _Stream(len(lab_x), bs, rng)
+    unl_stream = _Stream(len(unl_x), bs, rng) if unl_x is not None else None
+    real_stream = _Stream(len(real_m), bs, rng)
+    n_stream = max(len(lab_x), len(unl_x) if unl_x is not None else 0)
+    per_epoch = config.iterations_per_epoch or max(1, math.ceil(n_stream / bs))
+    max_iter = config.max_iterations
+    if config.max_epochs is not None:
+        by_epochs = config.max_epochs * per_epoch
+        max_iter = by_epochs if max_iter is None else min(max_iter, by_epochs)
+    pool_m = FakePool(config.pool_size, gen)
+    pool_x = FakePool(config.pool_size, gen)
+    w = config.weights
+    has_val = data.val_images is not None and len(data.val_images) > 0
+
+    def batch(x: torch.Tensor, idx: np.ndarray, m: torch.Tensor | None = None):
+        xb = x[idx][:, None].to(device, non_blocking=True)
+        mb = None if m is None else m[idx][:, None].to(device, non_blocking=True)
+        return augment_batch(xb, mb, config.augment, gen)
+
+    best_state: dict[str, torch.Tensor] | None = None
+    best_dice: float | None = None
+    best_iter: int | None = None
+    stale_epochs = 0
+    start = time.perf_counter()
+    iteration = 0
+    stop_reason = "budget"
+    model.train()
+    try:
+        while max_iter is None or iteration < max_iter:
+            losses: dict[str, float] = {}
+            fake_m: list[torch.Tensor] = []
+            fake_x: list[torch.Tensor] = []
+            real_x: list[torch.Tensor] = []
+            # ---- generator step on an unlabelled batch
+            if unl_stream is not None:
+                xu, _ = batch(unl_x, unl_stream.next())
+                with autocast():
+                    mu, zu = model.decomposer(xu)
+                    loss = w.unl_adv_mask * lsgan_generator_loss(model.mask_discriminator(mu))
+                    if sdnet:
+                        recon_u = model.reconstructor(binarise(mu), zu)
+                        l1 = F.l1_loss(recon_u.float(), xu.float())
+                        adv_x = lsgan_generator_loss(model.image_discriminator(recon_u))
+                        loss = loss + w.unl_recon * l1 + w.unl_adv_image * adv_x
+                        losses["unl_recon_l1"] = l1.item()
+                        fake_x.append(recon_u.detach())
+                        real_x.append(xu)
+                opt_g.zero_grad(set_to_none=True)
+                scaler_g.scale(loss).backward()
+                scaler_g.step(opt_g)
+                scaler_g.update()
+                losses["unlabelled"] = loss.item()
+                fake_m.append(mu.detach())
+            # ---- generator step on a labelled batch
+            xl, ml = batch(lab_x, lab_stream.next(), lab_m)
+            with autocast():
+                m, z = model.decomposer(xl)
+                dice = dice_loss(m, ml)
+                loss = w.dice * dice
+                if gan:
+                    loss = loss + w.adv_mask * lsgan_generator_loss(model.mask_discriminator(m))
+                if sdnet:
+                    recon_gt = model.reconstructor(ml, z)
+                    recon = model.reconstructor(binarise(m), z)
+                    l1_gt = F.l1_loss(recon_gt.float(), xl.float())
+                    l1 = F.l1_loss(recon.float(), xl.float())
+                    adv_x = lsgan_generator_loss(model.image_discriminator(recon_gt))
+                    loss = loss + w.recon_gt * l1_gt + w.recon * l1 + w.adv_image * adv_x
+                    losses["recon_l1"] = l1.item()
+                    fake_x.append(recon_gt.detach())
+                    real_x.append(xl)
+            opt_g.zero_grad(set_to_none=True)
+            scaler_g.scale(loss).backward()
+            scaler_g.step(opt_g)
+            scaler_g.update()
+            losses["dice_loss"] = dice.item()
+            losses["labelled"] = loss.item()
+            fake_m.append(m.detach())
+            # ---- discriminator step (both discriminators)
+            if gan and opt_d is not None:
+                real_mb = real_m[real_stream.next()][:, None].to(device)
+                with autocast():
+                    fm = pool_m.query(torch.cat(fake_m))
+                    d_loss = lsgan_discriminator_loss(
+                        model.mask_discriminator(real_mb), model.mask_discriminator(fm)
+                    )
+                    if sdnet:
+                        fx = pool_x.query(torch.cat(fake_x))
+                        d_loss = d_loss + lsgan_discriminator_loss(
+                            model.image_discriminator(torch.cat(real_x)),
+                            model.image_discriminator(fx),
+                        )
+                opt_d.zero_grad(set_to_none=True)
+                scaler_d.scale(d_loss).backward()
+                scaler_d.step(opt_d)
+                scaler_d.update()
+                losses["discriminators"] = d_loss.item()
+
+            iteration += 1
+            epoch = (iteration - 1) // per_epoch + 1
+            progress = Progress(
+                iteration=iteration,
+                epoch=epoch,
+                iterations_per_epoch=per_epoch,
+                max_iterations=max_iter,
+                elapsed=time.perf_counter() - start,
+                losses=losses,
+                best_val_dice=best_dice,
+                best_iteration=best_iter,
+            )
+            end_of_epoch = iteration % per_epoch == 0
+            if has_val and end_of_epoch and epoch % config.validate_every == 0:
+                dice_val = validation_dice(
+                    model, data.val_images, data.val_masks, data.val_volume_ids
+                )
+                model.train()
+                if best_dice is None or dice_val > best_dice:
+                    best_dice, best_iter, stale_epochs = dice_val, iteration, 0
+                    best_state = _cpu_state(model)
+                else:
+                    stale_epochs += config.validate_every
+                progress.val_dice = dice_val
+                progress.best_val_dice = best_dice
+                progress.best_iteration = best_iter
+            yield progress
+            if config.max_seconds is not None and progress.elapsed >= config.max_seconds:
+                stop_reason = "time"
+                break
+            if has_val and config.patience is not None and stale_epochs >= config.patience:
+                stop_reason = "early_stopping"
+                break
+    except GeneratorExit:
+        stop_reason = "stopped"
+        raise
+    finally:
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        for param in model.parameters():
+            param.requires_grad_(True)
+        del opt_g, opt_d
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    final = Progress(
+        iteration=iteration,
+        epoch=(iteration - 1) // per_epoch + 1 if iteration else 0,
+        iterations_per_epoch=per_epoch,
+        max_iterations=max_iter,
+        elapsed=time.perf_counter() - start,
+        best_val_dice=best_dice,
+        best_iteration=best_iter,
+        done=True,
+        stop_reason=stop_reason,
+    )
+    yield final
+    return final
+
+
+def run_to_end(gen: Generator[Progress, None, Progress]) -> Progress:
+    """Drive a training generator to the end and return its final :class:`Progress`."""
+    last: Progress | None = None
+    for last in gen:
+        pass
+    if last is None:  # pragma: no cover - train always yields a final report
+        raise RuntimeError("training produced no report")
+    return last
+
+
+def clone_model(model: SDNet) -> SDNet:
+    """A deep copy (same device), e.g. to keep the model before fine-tuning for undo."""
+    return copy.deepcopy(model)
+
+
+def describe_losses(losses: dict[str, Any]) -> str:
+    """Compact text of a loss dict for progress bars."""
+    return " ".join(f"{k}={v:.3f}" for k, v in losses.items())
