@@ -1,0 +1,323 @@
+"""Model configurations (:class:`ModelConfig`) and the shipped presets.
+
+A :class:`ModelConfig` holds every number that shapes the SDNet networks. It is frozen, it
+round-trips exactly through :meth:`ModelConfig.to_dict` / :meth:`ModelConfig.from_dict` (and
+through JSON), and it travels inside every checkpoint so that a model file rebuilds the networks
+it was trained with.
+
+Presets
+-------
+``paper``
+    Exactly the published SDNet (Chartsias et al., MICCAI 2018, authors' Keras code): 224x224
+    input at 1.37 mm/pixel, U-Net with 64-128-256-512-1024 filters, Z head conv256, conv64,
+    dense32, dense16 (sigmoid), reconstructor and PatchGAN discriminators as in the reference.
+``compact``
+    The same structure, narrowed so that training and fine-tuning are practical on a laptop CPU.
+    Chosen by measurement (``benchmarks/bench_model_presets.py``), see the table below.
+``tiny``
+    64x64 input, 4 base filters, depth 3: for tests only (forward+backward in milliseconds).
+
+Measurements
+------------
+__MEASUREMENTS__
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from napari_sdnet.errors import InputError
+
+__all__ = ["ModelConfig", "PRESETS", "get_preset", "preset_names"]
+
+_TUPLE_FIELDS = ("z_conv_widths", "recon_decoder_widths", "disc_widths", "disc_strides")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that shapes the SDNet networks.
+
+    The defaults are the ``paper`` values. Widths are channel counts; sizes are pixels.
+
+    Attributes:
+        name: preset name (informational; travels with checkpoints).
+        image_size: S, the side of the square model-grid input slice (pixels).
+        pixel_spacing_mm: in-plane spacing (mm/pixel) the inputs are resampled to. Not used by
+            the networks; it records what preprocessing the weights expect
+            (``image_size * pixel_spacing_mm`` is the field of view).
+        base_filters: filters of the first U-Net level; level ``i`` has ``base * 2**i``.
+        depth: number of U-Net down levels (max-pools); the bottleneck has
+            ``base * 2**depth`` filters at ``S / 2**depth`` pixels.
+        z_dim: length of the latent vector Z (sigmoid, in [0, 1]).
+        z_conv_widths: 3x3 conv widths of the Z head, applied to the bottleneck.
+        z_dense_width: hidden dense width of the Z head.
+        recon_dense_width: hidden dense width of the reconstructor's Z branch.
+        recon_spatial_channels: channels of the reshaped dense output at
+            ``S / 2**len(recon_decoder_widths)`` pixels.
+        recon_decoder_widths: conv widths after each x2 upsample of the Z branch; the last one is
+            the width of the spatial map concatenated with the mask.
+        recon_res_blocks: number of residual blocks (each ``recon_decoder_widths[-1] + 1`` wide).
+        recon_final_kernel: kernel of the last conv (to 1 channel, then tanh).
+        disc_widths: conv widths of the PatchGAN discriminators (a final conv to 1 follows).
+        disc_strides: strides of those convs (same length as ``disc_widths``).
+        disc_kernel: kernel size of all discriminator convs.
+        decomposer_leaky_slope: LeakyReLU slope in the decomposer (U-Net and Z head).
+        reconstructor_leaky_slope: LeakyReLU slope in the reconstructor (Keras default 0.3).
+        disc_leaky_slope: LeakyReLU slope in the discriminators.
+        bn_momentum: BatchNorm momentum in PyTorch's convention (Keras 0.99 -> 0.01).
+        bn_eps: BatchNorm epsilon (Keras default 1e-3).
+        in_eps: InstanceNorm epsilon (keras-contrib default 1e-3).
+        weight_init: ``"glorot_uniform"`` (Keras default: Glorot-uniform weights, zero biases)
+            or ``"pytorch"`` (PyTorch's default initialisation).
+    """
+
+    name: str = "paper"
+    image_size: int = 224
+    pixel_spacing_mm: float = 1.37
+    base_filters: int = 64
+    depth: int = 4
+    z_dim: int = 16
+    z_conv_widths: tuple[int, ...] = (256, 64)
+    z_dense_width: int = 32
+    recon_dense_width: int = 32
+    recon_spatial_channels: int = 16
+    recon_decoder_widths: tuple[int, ...] = (16, 8)
+    recon_res_blocks: int = 3
+    recon_final_kernel: int = 7
+    disc_widths: tuple[int, ...] = (32, 64, 128, 256)
+    disc_strides: tuple[int, ...] = (2, 2, 2, 1)
+    disc_kernel: int = 4
+    decomposer_leaky_slope: float = 0.3
+    reconstructor_leaky_slope: float = 0.3
+    disc_leaky_slope: float = 0.2
+    bn_momentum: float = 0.01
+    bn_eps: float = 1e-3
+    in_eps: float = 1e-3
+    weight_init: str = "glorot_uniform"
+
+    def __post_init__(self) -> None:
+        # Normalise sequences to tuples so that lists from JSON compare equal.
+        for key in _TUPLE_FIELDS:
+            value = getattr(self, key)
+            if not isinstance(value, tuple):
+                object.__setattr__(self, key, tuple(value))
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        def positive_int(key: str) -> None:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"model config: {key} must be a positive integer, got {value!r}")
+
+        for key in (
+            "image_size",
+            "base_filters",
+            "depth",
+            "z_dim",
+            "z_dense_width",
+            "recon_dense_width",
+            "recon_spatial_channels",
+            "recon_final_kernel",
+            "disc_kernel",
+        ):
+            positive_int(key)
+        if isinstance(self.recon_res_blocks, bool) or not isinstance(self.recon_res_blocks, int):
+            raise InputError("model config: recon_res_blocks must be an integer")
+        if self.recon_res_blocks < 0:
+            raise InputError("model config: recon_res_blocks must be >= 0")
+        for key in _TUPLE_FIELDS:
+            values = getattr(self, key)
+            if not values or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values
+            ):
+                raise InputError(
+                    f"model config: {key} must be a non-empty list of positive integers, "
+                    f"got {list(values)!r}"
+                )
+        if len(self.disc_strides) != len(self.disc_widths):
+            raise InputError("model config: disc_strides and disc_widths must have equal length")
+        if any(s not in (1, 2) for s in self.disc_strides):
+            raise InputError("model config: disc_strides must be 1 or 2")
+        if self.recon_final_kernel % 2 != 1:
+            raise InputError("model config: recon_final_kernel must be odd")
+        for key in (
+            "pixel_spacing_mm",
+            "decomposer_leaky_slope",
+            "reconstructor_leaky_slope",
+            "disc_leaky_slope",
+            "bn_momentum",
+            "bn_eps",
+            "in_eps",
+        ):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InputError(f"model config: {key} must be a number, got {value!r}")
+        if self.pixel_spacing_mm <= 0:
+            raise InputError("model config: pixel_spacing_mm must be > 0")
+        if not 0 < self.bn_momentum <= 1 or self.bn_eps <= 0 or self.in_eps <= 0:
+            raise InputError("model config: bn_momentum must be in (0, 1], eps values > 0")
+        if self.weight_init not in ("glorot_uniform", "pytorch"):
+            raise InputError(
+                f"model config: weight_init must be 'glorot_uniform' or 'pytorch', "
+                f"got {self.weight_init!r}"
+            )
+        if not isinstance(self.name, str) or not self.name:
+            raise InputError("model config: name must be a non-empty string")
+        unet_factor = 2**self.depth
+        if self.image_size % unet_factor:
+            raise InputError(
+                f"model config: image_size {self.image_size} must be divisible by "
+                f"2**depth = {unet_factor}"
+            )
+        recon_factor = 2 ** len(self.recon_decoder_widths)
+        if self.image_size % recon_factor:
+            raise InputError(
+                f"model config: image_size {self.image_size} must be divisible by "
+                f"{recon_factor} (one x2 upsample per reconstructor decoder width)"
+            )
+        disc_factor = 2 ** sum(1 for s in self.disc_strides if s == 2)
+        if self.image_size % disc_factor:
+            raise InputError(
+                f"model config: image_size {self.image_size} must be divisible by "
+                f"{disc_factor} (one halving per stride-2 discriminator conv)"
+            )
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def unet_widths(self) -> tuple[int, ...]:
+        """Filters per U-Net level, the bottleneck last (paper: 64, 128, 256, 512, 1024)."""
+        return tuple(self.base_filters * 2**i for i in range(self.depth + 1))
+
+    @property
+    def bottleneck_size(self) -> int:
+        """Side of the bottleneck feature map (paper: 14)."""
+        return self.image_size // 2**self.depth
+
+    @property
+    def recon_base_size(self) -> int:
+        """Side of the reconstructor's reshaped dense output (paper: 56)."""
+        return self.image_size // 2 ** len(self.recon_decoder_widths)
+
+    @property
+    def recon_width(self) -> int:
+        """Channels of the reconstructor's residual blocks: spatial map + 1 mask (paper: 9)."""
+        return self.recon_decoder_widths[-1] + 1
+
+    @property
+    def field_of_view_mm(self) -> float:
+        """Side of the model grid in mm (paper: 224 * 1.37 = 306.9 mm)."""
+        return self.image_size * self.pixel_spacing_mm
+
+    def discriminator_map_size(self) -> int:
+        """Side of the PatchGAN output map (paper: 28 at 224 input).
+
+        All convs use Keras 'same' padding, so each stride-2 conv halves the size and stride-1
+        convs keep it: ``image_size / 8`` with the default strides (224 -> 28, 160 -> 20,
+        64 -> 8).
+        """
+        return self.image_size // 2 ** sum(1 for s in self.disc_strides if s == 2)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (tuples become lists); ``from_dict`` inverts it exactly."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Rebuild a config from :meth:`to_dict` output (e.g. read from a checkpoint).
+
+        Unknown keys are an error. Missing keys take the default (paper) value, so a field added
+        later must default to the behaviour that older checkpoints were trained with.
+
+        Raises:
+            InputError: for a non-dict, unknown keys or invalid values.
+        """
+        if not isinstance(data, dict):
+            raise InputError(f"model config must be a dict, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"model config has unknown keys: {', '.join(unknown)}")
+        kwargs = dict(data)
+        for key in _TUPLE_FIELDS:
+            if key in kwargs:
+                value = kwargs[key]
+                if not isinstance(value, list | tuple):
+                    raise InputError(f"model config: {key} must be a list, got {value!r}")
+                kwargs[key] = tuple(value)
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # pragma: no cover - defensive
+            raise InputError(f"invalid model config: {exc}") from exc
+
+    def to_json(self) -> str:
+        """Compact JSON text of :meth:`to_dict` (sorted keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        """Inverse of :meth:`to_json`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"model config is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+PAPER = ModelConfig(name="paper")
+
+COMPACT = ModelConfig(
+    name="compact",
+    image_size=160,
+    pixel_spacing_mm=1.37,
+    base_filters=16,
+    z_conv_widths=(64, 32),
+    disc_widths=(16, 32, 64, 128),
+)
+
+TINY = ModelConfig(
+    name="tiny",
+    image_size=64,
+    pixel_spacing_mm=4.0,
+    base_filters=4,
+    depth=3,
+    z_conv_widths=(16, 8),
+    z_dense_width=16,
+    recon_dense_width=16,
+    recon_spatial_channels=4,
+    recon_decoder_widths=(8, 4),
+    recon_res_blocks=1,
+    disc_widths=(4, 8, 16, 16),
+)
+
+PRESETS: dict[str, ModelConfig] = {"paper": PAPER, "compact": COMPACT, "tiny": TINY}
+
+
+def preset_names() -> tuple[str, ...]:
+    """Names of the shipped presets."""
+    return tuple(PRESETS)
+
+
+def get_preset(name: str) -> ModelConfig:
+    """The preset called ``name`` (``paper``, ``compact`` or ``tiny``).
+
+    Raises:
+        InputError: for an unknown name; the message lists the valid ones.
+    """
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        valid = ", ".join(PRESETS)
+        raise InputError(f"unknown model preset {name!r}; choose one of: {valid}") from None
