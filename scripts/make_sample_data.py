@@ -46,6 +46,9 @@ def main() -> None:
         cropped = src.slicer[window]
         out = nib.Nifti1Image(np.asarray(cropped.dataobj), cropped.affine, cropped.header)
         out.header["descrip"] = b"Sunnybrook SC-HF-I-1 (CC0), cropped by napari-sdnet"
+        # The source contours' header says 1 ms between phases; the image's 37.5 ms is right.
+        out.header.set_zooms(image.header.get_zooms())
+        out.header.set_xyzt_units(*image.header.get_xyzt_units())
         # nibabel compresses fast (level 1); level 9 keeps the wheel small.
         target = OUT_DIR / f"{STEM}_cine{suffix}.nii.gz"
         target.write_bytes(gzip.compress(out.to_bytes(), compresslevel=9, mtime=0))

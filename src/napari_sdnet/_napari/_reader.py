@@ -76,6 +76,18 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     return images + labels
 
 
+_AXIS_LABELS = {2: ("y", "x"), 3: ("z", "y", "x"), 4: ("t", "z", "y", "x")}
+_TIME_UNITS = {"msec": "millisecond", "sec": "second", "usec": "microsecond"}
+
+
+def _axis_units(ndim: int, time_unit: str) -> tuple[str, ...]:
+    """napari (pint) units per axis: mm in space, the file's time unit (if known) in time."""
+    spatial = ("millimeter",) * min(ndim, 3)
+    if ndim == 4:
+        return (_TIME_UNITS.get(time_unit, "second"), *spatial)
+    return spatial
+
+
 def _layer_data(volume: NiftiVolume) -> LayerData:
     from napari_sdnet.io.nifti import nifti_stem
 
@@ -90,6 +102,8 @@ def _layer_data(volume: NiftiVolume) -> LayerData:
     kwargs: dict[str, Any] = {
         "name": nifti_stem(path) if path is not None else "nifti",
         "scale": tuple(scale),
+        "axis_labels": _AXIS_LABELS[volume.data.ndim],
+        "units": _axis_units(volume.data.ndim, volume.geometry.time_unit),
         "metadata": {
             "sdnet_geometry": volume.geometry.to_metadata(),
             "source_path": str(path) if path is not None else None,

@@ -32,9 +32,13 @@ def launch_viewer(
 
     viewer = napari.Viewer(title="napari-sdnet")
     layers = open_in_viewer(viewer, paths, sample)
-    if layers:
-        # Show a mid-ventricular slice rather than the base.
+    if layers and layers[0].ndim >= 3:
+        # Show a mid-ventricular slice (and, for the sample, a phase with expert contours).
         viewer.dims.set_current_step(layers[0].ndim - 3, layers[0].data.shape[-3] // 2)
+        if not paths and sample and layers[0].ndim == 4:
+            from napari_sdnet.sample import sunnybrook_study
+
+            viewer.dims.set_current_step(0, sunnybrook_study().labelled_frames()[0][1])
     if screenshot is None:
         napari.run()
         return
