@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import nibabel as nib
-import numpy as np
 import pytest
 
 from napari_sdnet.cli import main

@@ -1,4 +1,5 @@
-"""Choosing the PyTorch device: ``auto`` (CUDA, then Apple MPS, then CPU), ``cuda``, ``mps``, ``cpu``."""
+"""Choosing the PyTorch device: ``auto`` (CUDA, then MPS, then CPU), ``cuda``, ``mps``, ``cpu``.
+"""
 
 from __future__ import annotations
 

@@ -329,7 +329,11 @@ def train(
 
     lab_x = torch.from_numpy(np.asarray(data.labelled_images, np.float32))
     lab_m = torch.from_numpy(np.asarray(data.labelled_masks > 0, np.float32))
-    unl_x = torch.from_numpy(np.asarray(data.unlabelled_images, np.float32)) if use_unlabelled else None
+    unl_x = (
+        torch.from_numpy(np.asarray(data.unlabelled_images, np.float32))
+        if use_unlabelled
+        else None
+    )
     real_masks = data.real_masks if data.real_masks is not None else data.labelled_masks
     real_m = torch.from_numpy(np.asarray(real_masks > 0, np.float32))
     bs = config.batch_size
@@ -494,8 +498,8 @@ def train(
 def run_to_end(gen: Generator[Progress, None, Progress]) -> Progress:
     """Drive a training generator to the end and return its final :class:`Progress`."""
     last: Progress | None = None
-    for last in gen:
-        pass
+    for progress in gen:
+        last = progress
     if last is None:  # pragma: no cover - train always yields a final report
         raise RuntimeError("training produced no report")
     return last
