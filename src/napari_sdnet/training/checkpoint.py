@@ -53,6 +53,16 @@ class CheckpointInfo:
                 f"size {self.model_config.image_size}"
             )
 
+    @classmethod
+    def for_model(cls, model_config: ModelConfig, **kwargs: Any) -> CheckpointInfo:
+        """Info for a model of ``model_config`` with its matching preprocessing.
+
+        The preprocessing follows the preset: slices resampled to ``pixel_spacing_mm`` and
+        cropped/padded to ``image_size`` (paper: 1.37 mm, 224 x 224).
+        """
+        kwargs.setdefault("preprocess", preprocess_config_for(model_config))
+        return cls(model_config=model_config, **kwargs)
+
     @property
     def preset(self) -> str:
         return self.model_config.name
@@ -98,6 +108,13 @@ class CheckpointInfo:
         for key, value in self.metrics.items():
             lines.append(f"metrics.{key:<8}: {value}")
         return "\n".join(lines)
+
+
+def preprocess_config_for(model_config: ModelConfig, **overrides: Any) -> PreprocessConfig:
+    """The preprocessing a model of ``model_config`` expects (its spacing and input size)."""
+    return PreprocessConfig(
+        target_spacing=model_config.pixel_spacing_mm, size=model_config.image_size, **overrides
+    )
 
 
 def _version() -> str:
