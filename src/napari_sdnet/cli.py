@@ -8,12 +8,13 @@ traceback. Heavy imports (torch, napari) happen inside the commands so ``--help`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from napari_sdnet import __version__
-from napari_sdnet.errors import SDNetError
+from napari_sdnet.errors import CheckpointError, InputError, SDNetError
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
 
@@ -42,6 +43,376 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     )
     print(f"wrote {image_path}\nwrote {labels_path}")
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# model commands: predict, evaluate, finetune, info (thin shells over napari_sdnet.api)
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """Show Python warnings as ``napari-sdnet CMD: warning: ...`` lines on stderr."""
+    import warnings
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        print(f"napari-sdnet {command}: warning: {text}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
+def _with_one_line_warnings(
+    command: str, func: Callable[[argparse.Namespace], int]
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        with _one_line_warnings(command):
+            return func(args)
+
+    return run
+
+
+@contextlib.contextmanager
+def _progress_bar(desc: str, unit: str) -> Iterator[Callable[[int, int | None], None]]:
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr (only on a terminal)."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False)
+
+    def update(done: int, total: int | None) -> None:
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _check_new_file(path: Path, overwrite: bool, what: str) -> None:
+    """Refuse an existing output (unless ``overwrite``) or a missing folder before any work."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a {what} file name")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: file exists; refusing to overwrite (pass --overwrite)")
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
+
+
+def _check_nifti_output(path: Path, overwrite: bool) -> None:
+    from napari_sdnet.io.nifti import is_nifti_path
+
+    if not is_nifti_path(path):
+        raise InputError(f"{path}: output must be a NIfTI file name ending in .nii.gz or .nii")
+    _check_new_file(path, overwrite, "NIfTI")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_sdnet import api
+    from napari_sdnet.io.nifti import read_nifti, write_nifti
+
+    outputs = [args.output] + ([args.reconstruction] if args.reconstruction else [])
+    for out in outputs:
+        _check_nifti_output(out, args.overwrite)
+        if args.input.exists() and _same_file(out, args.input):
+            raise InputError(f"{out}: would overwrite the input image")
+    if args.reconstruction and _same_file(args.output, args.reconstruction):
+        raise InputError("the mask and the reconstruction need different file names")
+    vol = read_nifti(args.input)
+    if vol.is_labels:
+        raise InputError(f"{args.input}: looks like a label map, not an image")
+    model = api.load_model(args.model, args.device)
+    with _progress_bar("segmenting", "slice") as progress:
+        seg = api.segment(
+            model, vol.data, vol.geometry.spacing, batch_size=args.batch_size, progress=progress
+        )
+    labels = seg.mask if args.binary else api.to_acdc_labels(seg.mask)
+    write_nifti(args.output, labels, vol.geometry, dtype=np.uint8, overwrite=args.overwrite)
+    flat = seg.mask.reshape(-1, *seg.mask.shape[-2:])
+    n_found = int(flat.any(axis=(1, 2)).sum())
+    value = 1 if args.binary else api.MYOCARDIUM
+    print(
+        f"wrote {args.output} (myocardium = {value}; found on {n_found} of {len(flat)} slices, "
+        f"shape {vol.data.shape})"
+    )
+    if args.reconstruction:
+        write_nifti(
+            args.reconstruction,
+            seg.reconstruction_intensity,
+            vol.geometry,
+            dtype=np.float32,
+            overwrite=args.overwrite,
+        )
+        print(f"wrote {args.reconstruction} (reconstruction, in the input's intensity units)")
+    return 0
+
+
+def _write_json(path: Path, data: dict, overwrite: bool) -> None:
+    import json
+    import os
+    import tempfile
+
+    _check_new_file(path, overwrite, "JSON")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1)
+            handle.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_sdnet import api
+
+    if args.json is not None:
+        _check_new_file(args.json, args.overwrite, "JSON")
+    model = api.load_model(args.model, args.device)
+    with _progress_bar("evaluating", "volume") as progress:
+        result = api.evaluate(
+            model,
+            args.data,
+            split=args.split,
+            progress=progress,
+            batch_size=args.batch_size,
+            h5_spacing=args.h5_spacing,
+        )
+    width = max([len("volume"), *(len(v["volume_id"]) for v in result.per_volume)])
+    print(f"{'volume':<{width}}  slices  myocardium Dice")
+    for v in result.per_volume:
+        print(f"{v['volume_id']:<{width}}  {v['n_slices']:>6}  {v['dice']:.4f}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} volume(s) without labelled slices")
+    if result.n_volumes:
+        print(
+            f"mean myocardium Dice (3D, per volume, native grid): "
+            f"{result.mean_myocardium_dice:.4f} +- {result.std:.4f} over {result.n_volumes} "
+            f"volume(s) ({result.layout}{', ' + result.split if result.split else ''})"
+        )
+    else:
+        print("no labelled volume found: nothing was evaluated")
+    if args.json is not None:
+        data = result.to_dict()
+        data["data"] = str(args.data)
+        data["model_info"] = {
+            "preset": model.config.name,
+            "model_type": model.model_type,
+            "training": model.info.training,
+        }
+        _write_json(args.json, data, args.overwrite)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import math
+
+    from napari_sdnet import api
+    from napari_sdnet.io.nifti import read_nifti
+
+    if args.output.suffix != ".safetensors":
+        raise InputError(f"{args.output}: model files end in .safetensors")
+    _check_new_file(args.output, args.overwrite, "model")
+    seconds, steps = args.seconds, args.steps
+    if seconds is None and steps is None:
+        seconds = 60.0
+        print(
+            "napari-sdnet finetune: no --seconds/--steps given; training for 60 s", file=sys.stderr
+        )
+    image = read_nifti(args.image)
+    if image.is_labels:
+        raise InputError(f"{args.image}: looks like a label map; --image takes the image")
+    labels = read_nifti(args.labels)
+    if labels.data.shape != image.data.shape:
+        raise InputError(
+            f"{args.labels}: shape {labels.data.shape} differs from the image's "
+            f"{image.data.shape}; the labels must be painted on the image's grid"
+        )
+    spacing = image.geometry.spacing
+    if not all(
+        math.isclose(a, b, rel_tol=1e-3)
+        for a, b in zip(labels.geometry.spacing[-2:], spacing[-2:], strict=True)
+    ):
+        raise InputError(
+            f"{args.labels}: in-plane voxel size {labels.geometry.spacing[-2:]} differs from the "
+            f"image's {spacing[-2:]}"
+        )
+    model = api.load_model(args.model, args.device)
+    gen = api.finetune(
+        model,
+        image.data,
+        labels.data,
+        spacing,
+        seconds=seconds,
+        steps=steps,
+        lr=args.lr,
+        freeze=tuple(args.freeze),
+        device=args.device,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    from tqdm import tqdm
+
+    total = steps if steps is not None else seconds
+    unit = "step" if steps is not None else "s"
+    with tqdm(
+        total=total, desc="fine-tuning", unit=unit, file=sys.stderr, disable=None, leave=False
+    ) as bar:
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                new = stop.value
+                break
+            done = p.iteration if steps is not None else min(p.elapsed, seconds or p.elapsed)
+            bar.update(done - bar.n)
+            if p.losses:
+                bar.set_postfix_str(
+                    " ".join(f"{k}={v:.3f}" for k, v in p.losses.items() if k.endswith("loss"))
+                )
+    new.save(args.output, overwrite=args.overwrite)
+    record = new.info.training["finetuned"][-1]
+    print(
+        f"wrote {args.output} (fine-tuned on {record['labelled_slices']} painted slice(s) and "
+        f"{record['unlabelled_slices']} unlabelled; {record['steps']} steps in "
+        f"{record['seconds']:.1f} s)"
+    )
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from napari_sdnet import api
+    from napari_sdnet.training.checkpoint import read_checkpoint_info
+
+    if str(args.model).strip().lower() == "bundled":
+        path = api.bundled_model_path()
+        if not path.is_file():
+            raise CheckpointError("no bundled model is installed yet; pass a model file")
+    else:
+        path = Path(args.model)
+    try:
+        info = read_checkpoint_info(path)
+    except CheckpointError:
+        if path.suffix.lower() in (".pt", ".pth", ".ckpt", ".pkl"):
+            raise CheckpointError(
+                f"{path.name}: napari-sdnet reads its own .safetensors model files only; "
+                f"{path.suffix} files (PyTorch pickles) are never loaded"
+            ) from None
+        raise
+    print(f"file           : {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    print(info.summary())
+    return 0
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    """The model sub-commands: predict, evaluate, finetune, info."""
+    devices = ("auto", "cuda", "mps", "cpu")
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--model",
+            default="bundled",
+            help="'bundled' (default) or a napari-sdnet .safetensors model file",
+        )
+        p.add_argument(
+            "--device", default="auto", help=f"{'|'.join(devices)} or cuda:N (default auto)"
+        )
+        p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+
+    p = sub.add_parser(
+        "predict",
+        help="segment the myocardium in a 2D/3D/4D NIfTI image (mask with the input's geometry)",
+    )
+    p.add_argument("input", type=Path, help="image (.nii or .nii.gz), 2D, 3D or 4D cine")
+    p.add_argument("-o", "--output", type=Path, required=True, help="mask file (.nii.gz)")
+    model_options(p)
+    p.add_argument(
+        "--binary", action="store_true", help="myocardium = 1 (default 2, the ACDC convention)"
+    )
+    p.add_argument(
+        "--reconstruction",
+        type=Path,
+        default=None,
+        help="also write the SDNet reconstruction (float32, the input's intensity units)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _COMMANDS["predict"] = _with_one_line_warnings("predict", _cmd_predict)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="per-volume 3D myocardium Dice of a model on a labelled dataset (native grid)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="ACDC H5 split folder, ACDC NIfTI patient folder(s) or a cine NIfTI with <name>_gt",
+    )
+    p.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="H5 split (default test)"
+    )
+    model_options(p)
+    p.add_argument(
+        "--h5-spacing",
+        type=float,
+        default=None,
+        help="in-plane mm to assume for H5 volumes (default: the model's pixel size)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    _COMMANDS["evaluate"] = _with_one_line_warnings("evaluate", _cmd_evaluate)
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a model on the myocardium (label 2) painted on a few slices of a study",
+    )
+    p.add_argument(
+        "--model", default="bundled", help="'bundled' (default) or a .safetensors model file"
+    )
+    p.add_argument("--image", type=Path, required=True, help="image (.nii.gz), 2D/3D/4D")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        required=True,
+        help="labels on the image's grid; slices with myocardium (2) painted are used",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="new model (.safetensors)")
+    p.add_argument("--seconds", type=float, default=None, help="time budget (default 60 s)")
+    p.add_argument("--steps", type=int, default=None, help="iteration budget")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument(
+        "--freeze",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="parameter-name prefix not to train, e.g. reconstructor (repeatable)",
+    )
+    p.add_argument(
+        "--device", default=None, help="auto|cuda|mps|cpu (default: where the model loads)"
+    )
+    p.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    _COMMANDS["finetune"] = _with_one_line_warnings("finetune", _cmd_finetune)
+
+    p = sub.add_parser("info", help="describe a model file (preset, model type, data, metrics)")
+    p.add_argument("model", help="'bundled' or a .safetensors model file")
+    _COMMANDS["info"] = _with_one_line_warnings("info", _cmd_info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, default=1.5, help="in-plane mm (default 1.5)")
     p.add_argument("--seed", type=int, default=0)
     _COMMANDS["phantom"] = _cmd_phantom
+    _add_model_commands(sub)
     return parser
 
 
