@@ -18,7 +18,6 @@ from napari_sdnet import api
 from napari_sdnet.errors import CheckpointError, InputError
 from napari_sdnet.model import SDNet
 from napari_sdnet.phantom import make_cine_phantom, write_phantom_nifti
-from napari_sdnet.preprocess import PreprocessConfig
 from napari_sdnet.training.checkpoint import CheckpointInfo, save_checkpoint
 from napari_sdnet.training.losses import hard_dice
 from napari_sdnet.training.trainer import Progress
@@ -53,10 +52,8 @@ def phantom():
 
 
 def _info(model_type: str = "sdnet") -> CheckpointInfo:
-    cfg = SDNet("tiny").config
-    return CheckpointInfo(
-        model_config=cfg,
-        preprocess=PreprocessConfig(target_spacing=cfg.pixel_spacing_mm, size=cfg.image_size),
+    return CheckpointInfo.for_model(
+        SDNet("tiny").config,
         model_type=model_type,
         training={"data": "test"},
         metrics={"val_dice": 0.5},

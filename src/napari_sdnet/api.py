@@ -119,13 +119,7 @@ class Model:
         from napari_sdnet.training.checkpoint import CheckpointInfo
 
         if info is None:
-            cfg = network.config
-            info = CheckpointInfo(
-                model_config=cfg,
-                preprocess=PreprocessConfig(
-                    target_spacing=cfg.pixel_spacing_mm, size=cfg.image_size
-                ),
-            )
+            info = CheckpointInfo.for_model(network.config)
         device = next(network.parameters()).device
         return cls(network=network, info=info, device=device, source=source)
 
