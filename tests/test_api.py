@@ -532,3 +532,14 @@ def test_finetune_labels_must_match_the_image(model, phantom):
         api.run(api.finetune(model, phantom.image, phantom.labels[0], SPACING_4D, steps=1))
     with pytest.raises(InputError, match="whole numbers"):
         api.run(api.finetune(model, phantom.image, phantom.labels + 0.5, SPACING_4D, steps=1))
+
+
+def test_finetune_model_saved_without_discriminators(phantom, tmp_path):
+    small = api.Model.from_network(_tiny_network(), _info()).save(
+        tmp_path / "small.safetensors", include_discriminators=False
+    )
+    model = api.load_model(small, device="cpu")
+    assert not model.info.has_discriminators
+    with pytest.warns(UserWarning, match="no discriminators"):
+        new = api.run(api.finetune(model, phantom.image, phantom.labels, SPACING_4D, steps=1))
+    assert new.info.has_discriminators

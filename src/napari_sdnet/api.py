@@ -87,7 +87,7 @@ _R = TypeVar("_R")
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Model:
     """A loaded SDNet: the network, what it is (:class:`CheckpointInfo`) and its device.
 
@@ -264,7 +264,7 @@ def run(gen: Generator[Any, Any, _R]) -> _R:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Segmentation:
     """The result of :func:`segment` for an image of shape ``(..., H, W)``.
 
