@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from napari_sdnet.errors import CheckpointError, InputError
 from napari_sdnet.model import ModelConfig, SDNet
 from napari_sdnet.preprocess import PreprocessConfig
@@ -123,6 +125,26 @@ def _version() -> str:
     return __version__
 
 
+def _json_default(value: Any) -> Any:
+    """JSON for the values a training record may hold besides plain ones."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, set | frozenset | tuple):
+        return sorted(value) if isinstance(value, set | frozenset) else list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _info_json(info: CheckpointInfo) -> str:
+    try:
+        return json.dumps(info.to_dict(), default=_json_default, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"checkpoint info cannot be stored as JSON: {exc}") from None
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: SDNet,
@@ -156,7 +178,7 @@ def save_checkpoint(
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "info": json.dumps(info.to_dict()),
+        "info": _info_json(info),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -66,8 +66,8 @@ class AugmentConfig:
     flip: bool = True  # random left-right and up-down flips
     scale: tuple[float, float] = (0.85, 1.15)  # zoom: covers spacing differences between sites
     shift: float = 0.05  # fraction of the field of view
-    gamma: tuple[float, float] = (0.7, 1.4)
-    contrast: tuple[float, float] = (0.85, 1.15)
+    gamma: tuple[float, float] = (0.7, 1.4)  # on the [0, 1] scale; keeps black and white
+    contrast: tuple[float, float] = (0.85, 1.15)  # scales from black (black stays black)
     noise_std: float = 0.02
     probability: float = 0.8  # chance that a slice is augmented at all
 
@@ -87,6 +87,9 @@ class TrainConfig:
     patience: int | None = 20  # epochs without a better validation Dice before stopping
     validate_every: int = 1  # epochs
     pool_size: int = 50
+    # Training images (not augmented) whose BatchNorm statistics replace the running averages
+    # before each validation and at the end (0: keep the running averages, as the reference).
+    bn_recalibration: int = 32
     amp: bool = True  # mixed precision, CUDA only
     seed: int = 0
     weights: LossWeights = field(default_factory=LossWeights)
@@ -130,8 +133,7 @@ class TrainData:
         )
 
     def check(self, size: int) -> None:
-        if len(self.labelled_images) == 0:
-            raise InputError("no labelled slice to train on")
+        """Raise :class:`InputError` unless the arrays fit a model of input ``size``."""
         arrays = {
             "labelled images": self.labelled_images,
             "labelled masks": self.labelled_masks,
@@ -141,12 +143,40 @@ class TrainData:
             "validation masks": self.val_masks,
         }
         for name, arr in arrays.items():
-            if arr is not None and (arr.ndim != 3 or arr.shape[1:] != (size, size)):
+            if arr is None:
+                if name.startswith("labelled"):
+                    raise InputError(f"{name} are missing")
+                continue
+            if not isinstance(arr, np.ndarray):
+                raise InputError(f"{name} must be a NumPy array, got {type(arr).__name__}")
+            if arr.ndim != 3 or arr.shape[1:] != (size, size):
                 raise InputError(
                     f"{name} have shape {arr.shape}; the model needs (N, {size}, {size})"
                 )
+            if name.endswith("images") and not np.isfinite(arr).all():
+                raise InputError(f"{name} contain NaN or infinite values")
+        if len(self.labelled_images) == 0:
+            raise InputError("no labelled slice to train on")
         if len(self.labelled_images) != len(self.labelled_masks):
-            raise InputError("labelled images and masks differ in number")
+            raise InputError(
+                f"{len(self.labelled_images)} labelled images but "
+                f"{len(self.labelled_masks)} labelled masks"
+            )
+        if self.real_masks is not None and len(self.real_masks) == 0:
+            raise InputError("real masks for the mask discriminator are empty (give None)")
+        if (self.val_images is None) != (self.val_masks is None):
+            raise InputError("give both validation images and masks, or neither")
+        if self.val_images is not None and self.val_masks is not None:
+            if len(self.val_images) != len(self.val_masks):
+                raise InputError(
+                    f"{len(self.val_images)} validation images but "
+                    f"{len(self.val_masks)} validation masks"
+                )
+            if self.val_volume_ids is not None and len(self.val_volume_ids) != len(self.val_images):
+                raise InputError(
+                    f"{len(self.val_volume_ids)} validation volume ids for "
+                    f"{len(self.val_images)} validation images"
+                )
 
 
 @dataclass
@@ -218,22 +248,15 @@ class _Stream:
         return np.asarray(out)
 
 
-def augment_batch(
-    images: torch.Tensor,
-    masks: torch.Tensor | None,
-    cfg: AugmentConfig,
-    gen: torch.Generator,
-    pad_value: float = -1.0,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Random affine (rotation, flips, zoom, shift) and intensity changes of (B, 1, S, S) batches.
+def _random_affine(
+    b: int, cfg: AugmentConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample affine matrices ``(B, 2, 3)`` for ``F.affine_grid`` and the ``apply`` flags.
 
-    Masks get the same geometry (nearest); the padding outside the field of view stays
-    ``pad_value`` for images and 0 for masks.
+    ``theta`` maps output to input coordinates (normalised, x first): rotation, zoom (> 1
+    magnifies), optional flips, shift. Samples with ``apply == 0`` get the identity. Always draws
+    the same random numbers for a given ``b`` and config, so runs are reproducible.
     """
-    if not cfg.enabled:
-        return images, masks
-    b = images.shape[0]
-    dev = images.device
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return torch.rand(b, generator=gen).mul(hi - lo).add(lo)
@@ -251,24 +274,66 @@ def augment_batch(
     theta[:, 0, 0], theta[:, 0, 1] = cos * flip_x, -sin * flip_y
     theta[:, 1, 0], theta[:, 1, 1] = sin * flip_x, cos * flip_y
     theta[:, :, 2] = shift * apply[:, None]
-    theta = theta.to(dev, images.dtype)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    # grid_sample pads with zeros: shift the images so that zero padding means pad_value.
-    out = F.grid_sample(images - pad_value, grid, mode="bilinear", align_corners=False)
-    out = out + pad_value
+    return theta, apply
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, mode: str, pad: float) -> torch.Tensor:
+    """Resample ``x`` (B, C, S, S) with ``theta``; points outside the input get ``pad``."""
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    # grid_sample pads with zeros: shift the values so that zero padding means ``pad``.
+    return F.grid_sample(x - pad, grid, mode=mode, align_corners=False) + pad
+
+
+def augment_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor | None,
+    cfg: AugmentConfig,
+    gen: torch.Generator,
+    pad_value: float = -1.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random affine (rotation, flips, zoom, shift) and intensity changes of (B, 1, S, S) batches.
+
+    Masks get the same geometry (nearest neighbour, so they stay binary and on the same
+    anatomy). Padding stays exactly ``pad_value`` in images (pixels moved in from outside the
+    field of view, and pixels that were ``pad_value`` already) and 0 in masks: the intensity
+    changes (gamma, contrast, noise) touch only the other pixels. Random numbers come from
+    ``gen`` (CPU), so the same seed gives the same batch on any device.
+    """
+    if not cfg.enabled:
+        return images, masks
+    b = images.shape[0]
+    dev = images.device
+    theta, apply = _random_affine(b, cfg, gen)
+    out = _warp(images, theta, "bilinear", pad_value)
+    padding = _warp((images == pad_value).to(images.dtype), theta, "nearest", 1.0) > 0.5
     if masks is not None:
-        masks = F.grid_sample(masks, grid, mode="nearest", align_corners=False)
-    # Intensity: gamma and contrast on [0, 1], then additive Gaussian noise.
+        masks = _warp(masks, theta, "nearest", 0.0)
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(b, generator=gen).mul(hi - lo).add(lo)
+
+    # Intensity, on the [0, 1] scale: gamma (keeps both ends), then a contrast factor that
+    # scales from the dark end (black stays black, bright tissue saturates or dims, as a
+    # different clipping percentile would do), then additive Gaussian noise.
     gamma = torch.exp(uniform(math.log(cfg.gamma[0]), math.log(cfg.gamma[1])) * apply)
     contrast = 1.0 + (uniform(*cfg.contrast) - 1.0) * apply
     unit = ((out + 1.0) / 2.0).clamp(0.0, 1.0)
-    unit = unit ** gamma.to(dev)[:, None, None, None]
-    unit = (unit - 0.5) * contrast.to(dev)[:, None, None, None] + 0.5
-    out = unit * 2.0 - 1.0
+    unit = unit ** gamma.to(dev, out.dtype)[:, None, None, None]
+    unit = unit * contrast.to(dev, out.dtype)[:, None, None, None]
+    changed = unit.clamp(0.0, 1.0) * 2.0 - 1.0
     if cfg.noise_std > 0:
-        noise = torch.randn(out.shape, generator=gen).to(dev) * cfg.noise_std
-        out = out + noise * apply.to(dev)[:, None, None, None]
-    return out.clamp(-1.0, 1.0), masks
+        noise = torch.randn(out.shape, generator=gen).to(dev, out.dtype) * cfg.noise_std
+        changed = (changed + noise * apply.to(dev, out.dtype)[:, None, None, None]).clamp(-1, 1)
+    out = torch.where(padding, torch.full_like(out, pad_value), changed)
+    return out, masks
+
+
+def _augment_masks(masks: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """The geometric part of :func:`augment_batch` for masks alone (the real masks for D_M)."""
+    if not cfg.enabled:
+        return masks
+    theta, _ = _random_affine(masks.shape[0], cfg, gen)
+    return _warp(masks, theta, "nearest", 0.0)
 
 
 def validation_dice(
@@ -289,15 +354,79 @@ def _cpu_state(model: SDNet) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def _set_requires_grad(params: Sequence[torch.nn.Parameter], flag: bool) -> None:
+    for param in params:
+        param.requires_grad_(flag)
+
+
+def _set_train_mode(model: SDNet) -> None:
+    """Train mode, except BatchNorm layers whose parameters are all frozen: those stay in eval
+    mode so that their running statistics (part of the weights) do not change either."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def recalibrate_batchnorm(
+    model: SDNet, images: np.ndarray, batch_size: int = 16, reconstructor: bool = True
+) -> None:
+    """Recompute the running statistics of every trainable BatchNorm layer from ``images``.
+
+    With BatchNorm momentum 0.01 (Keras' 0.99) the running averages lag the weights by about
+    a hundred iterations, so a model validated or saved early in training behaves worse in
+    eval mode than in training mode. This replaces them by the plain average over ``images``
+    (``(N, S, S)``, model grid) under the current weights: a forward pass of the whole model
+    in train mode, without gradients. BatchNorm layers in eval mode (frozen ones, see
+    :func:`train`) keep their statistics, and so does the reconstructor when
+    ``reconstructor`` is False (the U-Net and GAN baselines never use it).
+    """
+    networks = [model.decomposer, model.reconstructor] if reconstructor else [model.decomposer]
+    layers = [
+        m
+        for net in networks
+        for m in net.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+    ]
+    if not layers or len(images) == 0:
+        return
+    device = next(model.parameters()).device
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                chunk = np.asarray(images[start : start + batch_size], np.float32)
+                x = torch.from_numpy(chunk)[:, None].to(device)
+                mask, z = model.decomposer(x)
+                if reconstructor:
+                    model.reconstructor(binarise(mask), z)
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
+
+
 def train(
     model: SDNet, data: TrainData, config: TrainConfig | None = None
 ) -> Generator[Progress, None, Progress]:
     """Train ``model`` in place on its current device, yielding :class:`Progress` per iteration.
 
     Stops at the first of: ``max_iterations``, ``max_epochs``, ``max_seconds``, early stopping
-    (``patience`` epochs without a better validation Dice), or the caller closing the generator.
-    In every case the model ends holding the best validated weights (or the last ones when there
-    is no validation set), in eval mode. The final :class:`Progress` has ``done=True``.
+    (``patience`` epochs without a better validation Dice), a non-finite loss (``"diverged"``),
+    or the caller closing the generator (``generator.close()``, or dropping the last reference
+    to it; a ``break`` out of a ``for`` loop over a generator that is still referenced does NOT
+    close it). Validation runs at the end of every ``validate_every`` epochs and once more when
+    the iteration or time budget runs out, so short runs are validated too.
+
+    In every case the model ends holding the best validated weights (or the last ones when
+    there is no validation set, or when it was stopped before the first validation), in eval
+    mode, with its parameters' ``requires_grad`` flags as they were. The final
+    :class:`Progress` has ``done=True`` and a ``stop_reason``: ``"budget"``, ``"time"``,
+    ``"early_stopping"``, ``"diverged"`` (closing the generator yields no final report).
     """
     config = config or TrainConfig()
     size = model.config.image_size
@@ -310,15 +439,18 @@ def train(
     has_unlabelled = data.unlabelled_images is not None and len(data.unlabelled_images) > 0
     use_unlabelled = has_unlabelled and config.model_type != "unet"
 
+    original_flags = {name: p.requires_grad for name, p in model.named_parameters()}
     for name, param in model.named_parameters():
         param.requires_grad_(not any(name.startswith(p) for p in config.freeze))
     g_params = [p for p in model.generator_parameters() if p.requires_grad]
-    d_params = list(model.discriminator_parameters())
+    d_params = [p for p in model.discriminator_parameters() if p.requires_grad]
     if not g_params:
+        for name, param in model.named_parameters():
+            param.requires_grad_(original_flags[name])
         raise InputError("every generator parameter is frozen: nothing to train")
     betas = (config.beta1, 0.999)
     opt_g = torch.optim.Adam(g_params, lr=config.lr, betas=betas)
-    opt_d = torch.optim.Adam(d_params, lr=config.lr, betas=betas) if gan else None
+    opt_d = torch.optim.Adam(d_params, lr=config.lr, betas=betas) if gan and d_params else None
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.float16
     scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -330,9 +462,7 @@ def train(
     lab_x = torch.from_numpy(np.asarray(data.labelled_images, np.float32))
     lab_m = torch.from_numpy(np.asarray(data.labelled_masks > 0, np.float32))
     unl_x = (
-        torch.from_numpy(np.asarray(data.unlabelled_images, np.float32))
-        if use_unlabelled
-        else None
+        torch.from_numpy(np.asarray(data.unlabelled_images, np.float32)) if use_unlabelled else None
     )
     real_masks = data.real_masks if data.real_masks is not None else data.labelled_masks
     real_m = torch.from_numpy(np.asarray(real_masks > 0, np.float32))
@@ -350,26 +480,68 @@ def train(
     pool_x = FakePool(config.pool_size, gen)
     w = config.weights
     has_val = data.val_images is not None and len(data.val_images) > 0
+    # Evenly spread training images for BatchNorm recalibration (no randomness used).
+    pool_images = [np.asarray(data.labelled_images)]
+    if unl_x is not None:
+        pool_images.append(np.asarray(data.unlabelled_images))
+    n_pool = sum(len(a) for a in pool_images)
+    n_cal = min(config.bn_recalibration, n_pool)
+    cal_idx = np.unique(np.linspace(0, n_pool - 1, n_cal).round().astype(int)) if n_cal else []
+    cal_images = np.concatenate(pool_images)[cal_idx] if n_cal else None
+
+    def recalibrate() -> None:
+        if cal_images is not None:
+            _set_train_mode(model)
+            recalibrate_batchnorm(model, cal_images, reconstructor=sdnet)
 
     def batch(x: torch.Tensor, idx: np.ndarray, m: torch.Tensor | None = None):
         xb = x[idx][:, None].to(device, non_blocking=True)
         mb = None if m is None else m[idx][:, None].to(device, non_blocking=True)
         return augment_batch(xb, mb, config.augment, gen)
 
+    def g_step(loss: torch.Tensor) -> bool:
+        """One generator update; False (and no update) when the loss is not finite."""
+        if not math.isfinite(loss.item()):
+            return False
+        opt_g.zero_grad(set_to_none=True)
+        scaler_g.scale(loss).backward()
+        scaler_g.step(opt_g)
+        scaler_g.update()
+        return True
+
     best_state: dict[str, torch.Tensor] | None = None
     best_dice: float | None = None
     best_iter: int | None = None
     stale_epochs = 0
-    start = time.perf_counter()
-    iteration = 0
-    stop_reason = "budget"
-    model.train()
-    try:
-        while max_iter is None or iteration < max_iter:
-            losses: dict[str, float] = {}
-            fake_m: list[torch.Tensor] = []
-            fake_x: list[torch.Tensor] = []
-            real_x: list[torch.Tensor] = []
+
+    def validate(progress: Progress) -> bool:
+        """Validate, keep the weights if best; True when the Dice improved."""
+        nonlocal best_state, best_dice, best_iter
+        recalibrate()
+        dice_val = validation_dice(model, data.val_images, data.val_masks, data.val_volume_ids)
+        _set_train_mode(model)
+        improved = best_dice is None or dice_val > best_dice
+        if improved:
+            best_dice, best_iter = dice_val, progress.iteration
+            best_state = _cpu_state(model)
+        progress.val_dice = dice_val
+        progress.best_val_dice = best_dice
+        progress.best_iteration = best_iter
+        return improved
+
+    def run_iteration() -> dict[str, float] | None:
+        """G step (unlabelled), G step (labelled), D step; the losses, or None if not finite.
+
+        A function of its own so that no device tensor outlives the iteration (except the
+        pools of fakes).
+        """
+        losses: dict[str, float] = {}
+        fake_m: list[torch.Tensor] = []
+        fake_x: list[torch.Tensor] = []
+        real_x: list[torch.Tensor] = []
+        # The discriminators only score the generator's outputs here: no gradients for them.
+        _set_requires_grad(d_params, False)
+        try:
             # ---- generator step on an unlabelled batch
             if unl_stream is not None:
                 xu, _ = batch(unl_x, unl_stream.next())
@@ -384,10 +556,8 @@ def train(
                         losses["unl_recon_l1"] = l1.item()
                         fake_x.append(recon_u.detach())
                         real_x.append(xu)
-                opt_g.zero_grad(set_to_none=True)
-                scaler_g.scale(loss).backward()
-                scaler_g.step(opt_g)
-                scaler_g.update()
+                if not g_step(loss):
+                    return None
                 losses["unlabelled"] = loss.item()
                 fake_m.append(mu.detach())
             # ---- generator step on a labelled batch
@@ -408,61 +578,71 @@ def train(
                     losses["recon_l1"] = l1.item()
                     fake_x.append(recon_gt.detach())
                     real_x.append(xl)
-            opt_g.zero_grad(set_to_none=True)
-            scaler_g.scale(loss).backward()
-            scaler_g.step(opt_g)
-            scaler_g.update()
+            if not g_step(loss):
+                return None
             losses["dice_loss"] = dice.item()
             losses["labelled"] = loss.item()
             fake_m.append(m.detach())
-            # ---- discriminator step (both discriminators)
-            if gan and opt_d is not None:
-                real_mb = real_m[real_stream.next()][:, None].to(device)
-                with autocast():
-                    fm = pool_m.query(torch.cat(fake_m))
-                    d_loss = lsgan_discriminator_loss(
-                        model.mask_discriminator(real_mb), model.mask_discriminator(fm)
+        finally:
+            _set_requires_grad(d_params, True)
+        # ---- discriminator step (both discriminators)
+        if gan and opt_d is not None:
+            real_mb = real_m[real_stream.next()][:, None].to(device)
+            real_mb = _augment_masks(real_mb, config.augment, gen)
+            with autocast():
+                fm = pool_m.query(torch.cat(fake_m))
+                d_loss = lsgan_discriminator_loss(
+                    model.mask_discriminator(real_mb), model.mask_discriminator(fm)
+                )
+                if sdnet:
+                    fx = pool_x.query(torch.cat(fake_x))
+                    d_loss = d_loss + lsgan_discriminator_loss(
+                        model.image_discriminator(torch.cat(real_x)),
+                        model.image_discriminator(fx),
                     )
-                    if sdnet:
-                        fx = pool_x.query(torch.cat(fake_x))
-                        d_loss = d_loss + lsgan_discriminator_loss(
-                            model.image_discriminator(torch.cat(real_x)),
-                            model.image_discriminator(fx),
-                        )
-                opt_d.zero_grad(set_to_none=True)
-                scaler_d.scale(d_loss).backward()
-                scaler_d.step(opt_d)
-                scaler_d.update()
-                losses["discriminators"] = d_loss.item()
+            losses["discriminators"] = d_loss.item()
+            if not math.isfinite(losses["discriminators"]):
+                return None
+            opt_d.zero_grad(set_to_none=True)
+            scaler_d.scale(d_loss).backward()
+            scaler_d.step(opt_d)
+            scaler_d.update()
+        return losses
+
+    start = time.perf_counter()
+    iteration = 0
+    stop_reason = "budget"
+    _set_train_mode(model)
+    try:
+        while max_iter is None or iteration < max_iter:
+            losses = run_iteration()
+            if losses is None:
+                stop_reason = "diverged"
+                break
 
             iteration += 1
             epoch = (iteration - 1) // per_epoch + 1
+            elapsed = time.perf_counter() - start
             progress = Progress(
                 iteration=iteration,
                 epoch=epoch,
                 iterations_per_epoch=per_epoch,
                 max_iterations=max_iter,
-                elapsed=time.perf_counter() - start,
+                elapsed=elapsed,
                 losses=losses,
                 best_val_dice=best_dice,
                 best_iteration=best_iter,
             )
+            out_of_time = config.max_seconds is not None and elapsed >= config.max_seconds
+            last = out_of_time or (max_iter is not None and iteration >= max_iter)
             end_of_epoch = iteration % per_epoch == 0
-            if has_val and end_of_epoch and epoch % config.validate_every == 0:
-                dice_val = validation_dice(
-                    model, data.val_images, data.val_masks, data.val_volume_ids
-                )
-                model.train()
-                if best_dice is None or dice_val > best_dice:
-                    best_dice, best_iter, stale_epochs = dice_val, iteration, 0
-                    best_state = _cpu_state(model)
-                else:
-                    stale_epochs += config.validate_every
-                progress.val_dice = dice_val
-                progress.best_val_dice = best_dice
-                progress.best_iteration = best_iter
+            scheduled = end_of_epoch and epoch % config.validate_every == 0
+            if has_val and (scheduled or last):
+                improved = validate(progress)
+                if scheduled:
+                    stale_epochs = 0 if improved else stale_epochs + config.validate_every
             yield progress
-            if config.max_seconds is not None and progress.elapsed >= config.max_seconds:
+            if out_of_time:
                 stop_reason = "time"
                 break
             if has_val and config.patience is not None and stale_epochs >= config.patience:
@@ -474,10 +654,18 @@ def train(
     finally:
         if best_state is not None:
             model.load_state_dict(best_state)
+        elif iteration > 0 and stop_reason != "diverged":
+            recalibrate()  # no validated weights: keep the last ones, with matching statistics
         model.eval()
-        for param in model.parameters():
-            param.requires_grad_(True)
-        del opt_g, opt_d
+        for name, param in model.named_parameters():
+            param.requires_grad_(original_flags[name])
+        # Release everything that holds device memory (the model itself stays where it is).
+        pool_m.items.clear()
+        pool_x.items.clear()
+        opt_g.state.clear()
+        if opt_d is not None:
+            opt_d.state.clear()
+        best_state = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
     final = Progress(
