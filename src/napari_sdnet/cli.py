@@ -415,6 +415,263 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     _COMMANDS["info"] = _with_one_line_warnings("info", _cmd_info)
 
 
+# --------------------------------------------------------------------------------------------
+# train (training/recipe.py: datasets + trainer + checkpoint)
+# --------------------------------------------------------------------------------------------
+
+
+def _labelled_count(text: str) -> int | None:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_sdnet.training.recipe import train_model
+    from napari_sdnet.training.trainer import describe_losses
+
+    _check_new_file(args.output, args.overwrite, "model")
+
+    def on_data(desc: dict) -> None:
+        unlabelled = 0 if args.model_type == "unet" else desc["unlabelled"]
+        print(
+            f"data: {desc['data']} ({desc['layout']}): {desc['labelled']} labelled slices from "
+            f"{desc['labelled_volumes']} volumes, {unlabelled} unlabelled, validation "
+            f"{desc['val_slices']} slices of {desc['val_volumes']} volumes",
+            file=sys.stderr,
+        )
+        for text in desc.get("warnings", []):
+            print(f"napari-sdnet train: warning: {text}", file=sys.stderr)
+
+    gen = train_model(
+        args.data,
+        preset=args.preset,
+        model_type=args.model_type,
+        labelled=args.labelled,
+        output=args.output,
+        overwrite=args.overwrite,
+        by=args.by,
+        n_unlabelled=args.unlabelled,
+        h5_spacing=args.h5_spacing,
+        real_masks=args.real_masks,
+        max_volumes=args.max_volumes,
+        val_volumes=args.val_volumes,
+        patients=args.patients,
+        val_patients=args.val_patients,
+        split_root=args.split,
+        iterations=args.iterations,
+        epochs=args.epochs,
+        seconds=args.seconds,
+        patience=args.patience or None,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        augment=not args.no_augment,
+        device=args.device,
+        on_data=on_data,
+    )
+    bar = tqdm(desc="train", unit="it", file=sys.stderr, disable=None, leave=False)
+    last_val = None
+    result = None
+    try:
+        try:
+            while True:
+                try:
+                    progress = next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                if progress.done:
+                    continue
+                if progress.max_iterations and bar.total != progress.max_iterations:
+                    bar.total = progress.max_iterations
+                bar.update(progress.iteration - bar.n)
+                if progress.val_dice is not None:
+                    last_val = progress.val_dice
+                    bar.write(
+                        f"iteration {progress.iteration} (epoch {progress.epoch}): val Dice "
+                        f"{progress.val_dice:.4f}, best {progress.best_val_dice:.4f} at "
+                        f"iteration {progress.best_iteration}",
+                        file=sys.stderr,
+                    )
+                postfix = describe_losses(progress.losses)
+                if last_val is not None:
+                    postfix += f" val={last_val:.3f}"
+                bar.set_postfix_str(postfix, refresh=False)
+        except KeyboardInterrupt:
+            # Stop training, but still write the best weights so far.
+            try:
+                gen.throw(KeyboardInterrupt)
+            except StopIteration as stop:
+                result = stop.value
+    finally:
+        bar.close()
+    if result is None:  # pragma: no cover - train_model always returns a result
+        raise KeyboardInterrupt
+    metrics = result.info.metrics
+    iters = result.info.training.get("iterations")
+    secs = result.info.training.get("seconds")
+    if "val_dice" in metrics:
+        best = (
+            f"best validation Dice {metrics['val_dice']:.4f} at iteration "
+            f"{metrics['val_iteration']}"
+        )
+    else:
+        best = "no validation; last weights"
+    print(
+        f"trained {iters} iterations in {secs} s (stop: {result.stop_reason}); {best}",
+        file=sys.stderr,
+    )
+    print(f"wrote {result.path}")
+    return 130 if result.stop_reason == "interrupted" else 0
+
+
+def _add_train_command(sub: argparse._SubParsersAction) -> None:
+    from napari_sdnet.device import DEVICE_CHOICES
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (sdnet/unet/gan) on an ACDC H5 split or ACDC NIfTI folders",
+        description=(
+            "Semi-supervised SDNet training (or the U-Net / GAN baselines). Labelled and "
+            "unlabelled slices come from the training patients only; validation patients "
+            "drive early stopping, and the best validated weights are written. See "
+            "docs/training.md."
+        ),
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="ACDC H5 folder (*.list + data/) or a folder of ACDC patientNNN folders",
+    )
+    p.add_argument(
+        "--preset",
+        choices=("paper", "compact", "tiny"),
+        default="paper",
+        help="network size (default paper: 224 px at 1.37 mm)",
+    )
+    p.add_argument(
+        "--model-type",
+        choices=("sdnet", "unet", "gan"),
+        default="sdnet",
+        help="sdnet (default), or the baselines unet (Dice only) and gan "
+        "(U-Net + mask discriminator)",
+    )
+    p.add_argument(
+        "--labelled",
+        type=_labelled_count,
+        default=None,
+        metavar="N|all",
+        help="labelled images (or volumes/patients, see --by) to keep; the other "
+        "training slices form the unlabelled pool (default all: no pool)",
+    )
+    p.add_argument(
+        "--by",
+        choices=("images", "volumes", "patients"),
+        default="images",
+        help="what --labelled counts (default images)",
+    )
+    p.add_argument(
+        "--unlabelled",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap on the unlabelled pool (default: every other training slice)",
+    )
+    p.add_argument(
+        "--real-masks",
+        choices=("all", "labelled"),
+        default="all",
+        help="masks the mask discriminator sees as real: all training-split masks "
+        "(default, as the paper) or only the labelled subset's",
+    )
+    p.add_argument("--iterations", type=int, default=None, help="iteration budget")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=200,
+        help="epoch budget (default 200; an epoch is one pass over the larger stream)",
+    )
+    p.add_argument("--seconds", type=float, default=None, help="time budget")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=20,
+        help="epochs without a better validation Dice before stopping (default "
+        "20; 0: never stop early)",
+    )
+    p.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="labelled subset, shuffling, augmentation, initialisation (default 0)",
+    )
+    p.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    p.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="auto (default: CUDA, then MPS, then CPU), cuda, mps or cpu",
+    )
+    p.add_argument(
+        "--h5-spacing",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="H5: assumed in-plane spacing of the files (they store none); default: "
+        "their pixel is the model's pixel. Use about 1.5 with the tiny preset",
+    )
+    p.add_argument(
+        "--max-volumes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="H5: load only the first N volumes of train.list (quick runs)",
+    )
+    p.add_argument(
+        "--val-volumes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="H5: validate on the first N volumes of val.list (0: no validation)",
+    )
+    p.add_argument(
+        "--patients",
+        nargs="+",
+        default=None,
+        metavar="ID",
+        help="NIfTI: patients to use (e.g. 3 4 patient005; default all)",
+    )
+    p.add_argument(
+        "--val-patients",
+        nargs="*",
+        default=None,
+        metavar="ID",
+        help="NIfTI: validation patients (default a seeded 20%%; none given: no validation)",
+    )
+    p.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        metavar="H5_DIR",
+        help="NIfTI: refuse patients that this ACDC H5 split holds out (val/test)",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="model file (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    _COMMANDS["train"] = _with_one_line_warnings("train", _cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-sdnet",
@@ -448,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _COMMANDS["phantom"] = _cmd_phantom
     _add_model_commands(sub)
+    _add_train_command(sub)
     return parser
 
 
