@@ -647,6 +647,8 @@ def test_train_command_on_phantom_nifti(phantom_acdc, tmp_path, capsys):
         "6",
         "--device",
         "cpu",
+        "--threads",
+        "1",
         "-o",
         str(out),
     ]

@@ -439,6 +439,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from napari_sdnet.training.trainer import describe_losses
 
     _check_new_file(args.output, args.overwrite, "model")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     def on_data(desc: dict) -> None:
         unlabelled = 0 if args.model_type == "unet" else desc["unlabelled"]
@@ -535,8 +541,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train_command(sub: argparse._SubParsersAction) -> None:
-    from napari_sdnet.device import DEVICE_CHOICES
-
     p = sub.add_parser(
         "train",
         help="train a model (sdnet/unet/gan) on an ACDC H5 split or ACDC NIfTI folders",
@@ -620,9 +624,16 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", action="store_true", help="no data augmentation")
     p.add_argument(
         "--device",
-        choices=DEVICE_CHOICES,
         default="auto",
-        help="auto (default: CUDA, then MPS, then CPU), cuda, mps or cpu",
+        help="auto (default: CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for PyTorch (default: its own choice); 1 is much faster when other "
+        "processes keep the cores busy",
     )
     p.add_argument(
         "--h5-spacing",
