@@ -305,6 +305,14 @@ def test_each_model_type_runs(phantom, model_type):
     assert changed("mask_discriminator.") == (model_type != "unet")
 
 
+def test_epochs_have_the_same_length_for_every_model_type(phantom):
+    """One pass over the larger set (10 unlabelled / batch 4), even for unet, which ignores it."""
+    for model_type in ("sdnet", "unet", "gan"):
+        cfg = TrainConfig(model_type=model_type, max_iterations=1)
+        first = next(train(_tiny_model(), _small_data(phantom), cfg))
+        assert first.iterations_per_epoch == 3, model_type
+
+
 def test_training_is_seeded(phantom):
     def losses(seed: int) -> list[dict[str, float]]:
         model = _tiny_model(0)

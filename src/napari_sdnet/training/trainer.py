@@ -83,7 +83,10 @@ class TrainConfig:
     max_iterations: int | None = None
     max_epochs: int | None = 200
     max_seconds: float | None = None
-    iterations_per_epoch: int | None = None  # default: one pass over the larger stream
+    # Default: one pass over the larger of the labelled and unlabelled sets, whether or not the
+    # model type uses the unlabelled one, so that sdnet/unet/gan runs on the same data have
+    # epochs of the same length (validation frequency, patience, max_epochs).
+    iterations_per_epoch: int | None = None
     patience: int | None = 20  # epochs without a better validation Dice before stopping
     validate_every: int = 1  # epochs
     pool_size: int = 50
@@ -470,7 +473,7 @@ def train(
     lab_stream = _Stream(len(lab_x), bs, rng)
     unl_stream = _Stream(len(unl_x), bs, rng) if unl_x is not None else None
     real_stream = _Stream(len(real_m), bs, rng)
-    n_stream = max(len(lab_x), len(unl_x) if unl_x is not None else 0)
+    n_stream = max(len(lab_x), len(data.unlabelled_images) if has_unlabelled else 0)
     per_epoch = config.iterations_per_epoch or max(1, math.ceil(n_stream / bs))
     max_iter = config.max_iterations
     if config.max_epochs is not None:
