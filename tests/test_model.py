@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -26,6 +27,15 @@ def _images(cfg: ModelConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     s = cfg.image_size
     return torch.rand(batch, 1, s, s, generator=gen) * 2 - 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """These nets are tiny: one thread avoids OpenMP overhead and thrashing on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +84,18 @@ def test_paper_preset_shapes_and_size() -> None:
         assert model.image_discriminator(out.reconstruction).shape == (1, 1, 28, 28)
 
 
+def test_compact_preset_is_small() -> None:
+    cfg = get_preset("compact")
+    assert cfg.field_of_view_mm > 210  # keeps the whole heart in view (see presets.py)
+    model = SDNet(cfg)
+    assert count_parameters(model) * 4 < 10 * 2**20  # float32 weights, all four networks
+    assert cfg.unet_widths[0] < 64 and cfg.recon_width == 9
+
+
 def test_discriminator_map_sizes_per_preset() -> None:
     assert {n: c.discriminator_map_size() for n, c in PRESETS.items()} == {
         "paper": 28,
-        "compact": PRESETS["compact"].image_size // 8,
+        "compact": 16,
         "tiny": 8,
     }
 

@@ -239,6 +239,10 @@ class Reconstructor(nn.Module):
         spatial = self.dense(z).view(z.shape[0], cfg.recon_spatial_channels, base, base)
         spatial = self.decoder(spatial)
         x = torch.cat([spatial, mask.to(spatial.dtype)], dim=1)
+        if x.device.type == "cpu":
+            # Same values, another memory layout: oneDNN runs these 9-channel full-resolution
+            # convs ~20% faster (forward + backward) in channels-last on CPU (measured).
+            x = x.contiguous(memory_format=torch.channels_last)
         return torch.tanh(self.out_conv(self.res_blocks(x)))
 
 

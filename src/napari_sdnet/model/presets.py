@@ -12,14 +12,65 @@ Presets
     input at 1.37 mm/pixel, U-Net with 64-128-256-512-1024 filters, Z head conv256, conv64,
     dense32, dense16 (sigmoid), reconstructor and PatchGAN discriminators as in the reference.
 ``compact``
-    The same structure, narrowed so that training and fine-tuning are practical on a laptop CPU.
-    Chosen by measurement (``benchmarks/bench_model_presets.py``), see the table below.
+    The same structure, narrowed so that training and fine-tuning are practical on a laptop CPU:
+    128x128 input at 1.7 mm/pixel (218 mm field of view), U-Net 8-16-32-64-128 filters, Z head
+    conv64, conv32, dense32, dense16, the paper's reconstructor, discriminators 16-32-64-128.
+    6.1 MB of float32 weights in all (4.8 MB for the decomposer + reconstructor). Chosen by
+    measurement (``benchmarks/bench_model_presets.py``), see below.
 ``tiny``
-    64x64 input, 4 base filters, depth 3: for tests only (forward+backward in milliseconds).
+    64x64 input, 4 base filters, depth 3, narrow heads: for tests only (milliseconds).
+
+PatchGAN map sizes (``discriminator_map_size``): paper 28x28, compact 16x16, tiny 8x8.
 
 Measurements
 ------------
-__MEASUREMENTS__
+2-core Intel Xeon (Sapphire Rapids, KVM guest), torch 2.13 CPU, ``torch.set_num_threads(2)``,
+float32. Times in seconds; the fastest of >= 3 runs during which other processes used < 0.25
+cores (the machine was shared). "seg" = decomposer only (segmentation), "full" = with the
+reconstruction, both on a batch of 16 slices in ``torch.inference_mode``; "240 sl." = 15 x seg;
+"train" = one full iteration at batch 4 (generator step on an unlabelled batch, generator step
+on a labelled batch, one step of both discriminators; Adam). Run-to-run noise is about +-20%.
+Candidates ``c<size>_<mm>_b<base>`` use the compact heads unless marked ``paperheads``;
+``narrowrec`` also halves the reconstructor's spatial map (8 -> 4 channels).
+
+Rows marked * were measured before the reconstructor's CPU channels-last layout was added
+(which makes a training iteration 0.05-0.1 s faster at 128-160 px); ``paper`` (+) could only be
+measured while other processes used about one of the two cores, so its times are upper bounds.
+
+=========================== ========== ======== ============= ============= ======== ======
+config                      FoV mm     params   MB all / gen  seg / full    240 sl.  train
+=========================== ========== ======== ============= ============= ======== ======
+paper (224 @ 1.37, b64) +   307        40.49 M  154.4 / 149.2 14.1 / 17.6   211      12.5
+c224_1.37_b16 *             307        4.54 M   17.3 / 16.0   0.60 / 0.85   9.0      1.79
+c224_1.37_b8 *              307        2.85 M   10.9 / 9.5    0.26 / 0.49   3.9      1.26
+c192_1.37_b8 *              263        2.36 M   9.0 / 7.7     0.19 / 0.35   2.8      0.96
+c160_1.37_b16_paperheads *  219        5.35 M   20.4 / 15.1   0.31 / 0.43   4.6      1.12
+c160_1.37_b16 *             219        3.63 M   13.9 / 12.5   0.30 / 0.41   4.4      0.93
+c160_1.37_b12 *             219        2.65 M   10.1 / 8.8    0.25 / 0.35   3.7      0.86
+c160_1.37_b8                219        1.94 M   7.4 / 6.1     0.18 / 0.32   2.7      0.59
+c160_1.37_b8_narrowrec      219        1.51 M   5.8 / 4.4     0.17 / 0.24   2.6      0.49
+c144_1.52_b8                219        1.76 M   6.7 / 5.4     0.10 / 0.18   1.5      0.52
+c128_1.37_b16 *             175        3.29 M   12.6 / 11.2   0.19 / 0.27   2.9      0.64
+c128_1.7_b12                218        2.31 M   8.8 / 7.5     0.16 / 0.23   2.3      0.53
+**compact** = c128_1.7_b8   218        1.60 M   6.1 / 4.8     0.09 / 0.16   1.3      0.41
+tiny (64 @ 4.0, b4)         256        0.08 M   0.3 / 0.3     0.01 / 0.02   0.2      0.09
+=========================== ========== ======== ============= ============= ======== ======
+
+Why this compact:
+
+* Field of view. On the ACDC NIfTI patients the myocardium reaches up to 62 mm from the image
+  centre (all labels, RV included: 101 mm); on the ACDC H5 volumes up to 54 px, i.e. <= 90 mm
+  at <= 1.68 mm/pixel. A half field of view of ~109 mm (218 mm) keeps every heart inside with
+  a margin; 128 px at 1.37 mm (175 mm) would clip some.
+* Cost. About half of a training iteration at 160 px is the reconstructor, whose widths the
+  paper fixes (three 9-channel residual blocks at full resolution, called three times per
+  iteration), so narrowing the U-Net alone cannot reach the ~0.5 s target at 160 px (b8: 0.59 s).
+  128 px at 1.7 mm keeps the 218 mm view and gives 0.41 s per iteration and ~1.3 s per 240
+  slices. 1.7 mm is close to ACDC's native 1.37-1.68 mm; the myocardium (6-12 mm thick) stays
+  4-7 pixels wide.
+* Width. Base 8 (U-Net 8..128) is the cheapest tested; base 12 costs +30% per iteration.
+  The Z head (64, 32) and discriminators (16..128) are scaled down with the U-Net; the paper's
+  heads would add 1.7 M parameters and ~20% to an iteration (c160 b16: 1.12 vs 0.93 s).
 """
 
 from __future__ import annotations
@@ -280,9 +331,9 @@ PAPER = ModelConfig(name="paper")
 
 COMPACT = ModelConfig(
     name="compact",
-    image_size=160,
-    pixel_spacing_mm=1.37,
-    base_filters=16,
+    image_size=128,
+    pixel_spacing_mm=1.7,
+    base_filters=8,
     z_conv_widths=(64, 32),
     disc_widths=(16, 32, 64, 128),
 )
