@@ -30,6 +30,46 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if not args.headless:
+        from napari_sdnet._napari.launch import launch_viewer
+
+        launch_viewer(paths=None, sample=True, model=args.model, device=args.device)
+        return 0
+    if args.output is None:
+        raise InputError("--headless needs -o/--output DIR")
+    import os
+    import shutil
+    import subprocess
+
+    no_display = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if no_display:
+        # napari draws with OpenGL, which needs an X server: run the same command under Xvfb
+        xvfb = shutil.which("xvfb-run")
+        if xvfb is None or os.environ.get("SDNET_DEMO_UNDER_XVFB"):
+            raise InputError(
+                "no display: napari needs an X server; install xvfb (xvfb-run) or set DISPLAY"
+            )
+        argv = ["demo", "--headless", "-o", str(args.output), "--model", str(args.model)]
+        argv += ["--device", args.device, "--frames", args.frames]
+        argv += ["--overwrite"] if args.overwrite else []
+        env = {**os.environ, "SDNET_DEMO_UNDER_XVFB": "1"}
+        screen = ["-s", "-screen 0 1600x1000x24"]
+        cmd = [xvfb, "-a", *screen, sys.executable, "-m", "napari_sdnet.cli", *argv]
+        return subprocess.call(cmd, env=env)
+    from napari_sdnet._napari.launch import run_headless_demo
+
+    frames = "current frame" if args.frames == "current" else "all frames"
+    written = run_headless_demo(
+        args.output, args.model, args.device, overwrite=args.overwrite, frames=frames
+    )
+    print(f"wrote {written[0]} (myocardium = 2, lined up with the sample study)")
+    print(f"wrote {written[1]} (screenshot of the napari window)")
+    return 0
+
+
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from napari_sdnet.phantom import write_phantom_nifti
 
@@ -704,6 +744,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="save a screenshot of the window to this PNG and exit (works under Xvfb)",
     )
     _COMMANDS["view"] = _cmd_view
+
+    p = sub.add_parser(
+        "demo",
+        help="the main job: napari with the sample study and the segmentation widget; "
+        "--headless segments it and writes the mask and a screenshot",
+    )
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="no window: segment the sample study through the widget, write "
+        "DIR/<name>_myocardium.nii.gz and DIR/screenshot.png (uses Xvfb when there is no display)",
+    )
+    p.add_argument("-o", "--output", type=Path, default=None, help="output folder (--headless)")
+    p.add_argument(
+        "--model", default="bundled", help="'bundled' (default) or a .safetensors model file"
+    )
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    p.add_argument(
+        "--frames",
+        default="all",
+        choices=("all", "current"),
+        help="--headless: segment every frame (default) or only the phase shown",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _COMMANDS["demo"] = _with_one_line_warnings("demo", _cmd_demo)
 
     p = sub.add_parser(
         "phantom", help="write a synthetic short-axis cine phantom and its labels as NIfTI"
