@@ -50,3 +50,20 @@ def sunnybrook(shared_data: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"Sunnybrook study not found at {path}")
     return path
+
+
+# Tests run tiny models: one PyTorch thread. With one thread per core (PyTorch's default), a
+# tiny training step became 30-50x slower whenever another process kept a core busy (Xvfb, a
+# CLI subprocess, a second job), which is normal during a test run on 2 cores. The environment
+# variable reaches the CLI subprocesses that some tests start.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

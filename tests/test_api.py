@@ -25,15 +25,6 @@ from napari_sdnet.training.trainer import Progress
 SPACING_4D = (100.0, 10.0, 2.0, 1.5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The test machine has 2 cores shared with other jobs; 2 OpenMP threads under contention
-    made tiny training steps 50x slower than 1 thread. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _tiny_network(seed: int = 0) -> SDNet:
     torch.manual_seed(seed)

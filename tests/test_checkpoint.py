@@ -24,14 +24,6 @@ from napari_sdnet.training.checkpoint import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _trained_looking_model() -> SDNet:
     """A tiny model whose weights and BatchNorm statistics are not the initial ones."""
     torch.manual_seed(0)

@@ -15,15 +15,6 @@ from napari_sdnet.model import SDNet
 from napari_sdnet.phantom import make_phantom_volume, write_phantom_nifti
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """2 shared cores: one OpenMP thread keeps tiny training steps fast (see test_api.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny model file, a 4D phantom (+ labels), a 3D and a 2D image with oblique affines."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -28,14 +27,6 @@ def _images(cfg: ModelConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
     s = cfg.image_size
     return torch.rand(batch, 1, s, s, generator=gen) * 2 - 1
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These nets are tiny: one thread avoids OpenMP overhead and thrashing on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -43,13 +43,6 @@ SIZE = 64
 NO_AUG = AugmentConfig(enabled=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _phantom_slices(seed: int = 0, phase: float = 0.0, spacing: float = 2.5):
     """Phantom slices on a 64 x 64 grid (myocardium a few pixels thick) and their masks."""
