@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sdnet.errors import InputError
+from napari_sdnet.errors import CheckpointError, InputError
 from napari_sdnet.inference import SliceOutputs
 from napari_sdnet.model import SDNet
 from napari_sdnet.phantom import make_phantom_volume
@@ -761,3 +761,34 @@ def test_train_command_on_acdc_h5(acdc_h5, tmp_path, capsys):
     out2 = tmp_path / "h5b.safetensors"
     assert main([*argv[:-4], "-o", str(out2)]) == 0
     assert "h5_spacing" in capsys.readouterr().err
+
+
+def test_train_from_init_continues_a_pretraining(phantom_acdc, tmp_path):
+    """`--init` starts from a checkpoint's weights (a unet pre-training continued as sdnet)."""
+    from napari_sdnet.cli import main
+    from napari_sdnet.training.checkpoint import load_checkpoint
+    from napari_sdnet.training.recipe import train_model
+
+    common = ["--data", str(phantom_acdc), "--preset", "tiny", "--labelled", "all",
+              "--device", "cpu"]
+    stage1 = tmp_path / "unet.safetensors"
+    assert main(["train", *common, "--model-type", "unet", "--iterations", "3",
+                 "-o", str(stage1)]) == 0
+    pre, _ = load_checkpoint(stage1)
+    # Zero iterations of the second stage would keep the weights; one step moves them from
+    # the pre-trained ones, not from a fresh initialisation.
+    stage2 = tmp_path / "sdnet.safetensors"
+    assert main(["train", *common, "--init", str(stage1), "--iterations", "1", "--lr", "1e-6",
+                 "-o", str(stage2)]) == 0
+    model, info = load_checkpoint(stage2)
+    assert info.model_type == "sdnet"
+    assert info.training["init"]["model"] == stage1.name
+    assert info.training["init"]["model_type"] == "unet"
+    w_pre = dict(pre.decomposer.named_parameters())
+    w_new = dict(model.decomposer.named_parameters())
+    diff = max((w_new[k] - w_pre[k]).abs().max().item() for k in w_pre)
+    assert diff < 1e-3  # tiny lr: still the pre-trained weights (a fresh init differs by ~0.1)
+    # A checkpoint of another preset is refused before any data are loaded.
+    with pytest.raises(CheckpointError, match="tiny"):
+        next(train_model(phantom_acdc, "compact", "sdnet", None, output=tmp_path / "x.safetensors",
+                         init=stage1, iterations=1))

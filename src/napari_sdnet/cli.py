@@ -522,6 +522,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         augment=not args.no_augment,
         device=args.device,
+        init=args.init,
         on_data=on_data,
     )
     bar = tqdm(desc="train", unit="it", file=sys.stderr, disable=None, leave=False)
@@ -662,6 +663,14 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         help="labelled subset, shuffling, augmentation, initialisation (default 0)",
     )
     p.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="start from this checkpoint's weights (same preset), e.g. a unet pre-training "
+        "continued with the SDNet losses",
+    )
     p.add_argument(
         "--device",
         default="auto",

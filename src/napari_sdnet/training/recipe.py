@@ -297,6 +297,7 @@ def train_model(
     seed: int = 0,
     augment: bool = True,
     device: str = "auto",
+    init: str | os.PathLike[str] | None = None,
     on_data: Any = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a model of ``preset`` on ``data_dir`` and write its best weights to ``output``.
@@ -306,7 +307,8 @@ def train_model(
     get it from ``yield from``). The data options are those of :func:`build_train_data`, the
     loop options those of :class:`TrainConfig` (``iterations``, ``epochs``, ``seconds`` are
     its budgets). ``on_data(description)`` is called once the data are loaded (the CLI
-    prints it).
+    prints it). ``init`` starts from the weights of a checkpoint of the same preset (e.g. a
+    ``unet`` pre-training continued with the SDNet losses) instead of a fresh initialisation.
 
     On ``KeyboardInterrupt`` (raised inside, or thrown in with ``generator.throw``) training
     stops, the best weights so far are written anyway and the result says ``"interrupted"``.
@@ -330,6 +332,16 @@ def train_model(
         raise InputError(f"{output} exists; choose another name or allow overwriting")
     model_config = get_preset(preset)
     dev = resolve_device(device)
+    if init is not None:
+        from napari_sdnet.training.checkpoint import load_checkpoint
+
+        # Checked before the (slow) data loading: a mismatched preset fails at once.
+        init_model, init_info = load_checkpoint(init, device="cpu", expected_preset=preset)
+        if init_info.model_config != model_config:
+            raise InputError(
+                f"{Path(init).name} is a {preset!r} model of another configuration than this "
+                "version's preset"
+            )
     cfg = TrainConfig(
         model_type=model_type,
         batch_size=batch_size,
@@ -362,7 +374,7 @@ def train_model(
     if on_data is not None:
         on_data(desc)
     torch.manual_seed(seed)
-    model = SDNet(model_config).to(dev)
+    model = (init_model if init is not None else SDNet(model_config)).to(dev)
     trainer = train(model, data, cfg)
     final: Progress | None = None
     stop_reason = "budget"
@@ -397,6 +409,9 @@ def train_model(
         "augment": augment,
         "stop_reason": stop_reason,
     }
+    if init is not None:
+        training["init"] = {"model": Path(init).name, "model_type": init_info.model_type,
+                            "training": init_info.training, "metrics": init_info.metrics}
     for key in ("max_volumes", "train_patients", "val_patients"):
         if key in desc:
             training[key] = desc[key]
