@@ -228,16 +228,19 @@ def test_current_frame_mode_writes_only_that_frame(
 def test_cancel_mid_run_adds_no_layer(
     make_napari_viewer, qtbot, tiny_model_file, messages, monkeypatch
 ):
+    from qtpy.QtCore import QCoreApplication, QEvent
+
     viewer = make_napari_viewer()
     image, _ = viewer.open_sample(PLUGIN, "phantom")
-    release = threading.Event()
+    gates = [threading.Event()]
     real = api.segment_iter
 
     def slow(*args, **kwargs):
+        gate = gates[-1]
         for i, item in enumerate(real(*args, **kwargs)):
             yield item
             if i == 1:
-                release.wait(10)
+                gate.wait(10)
 
     monkeypatch.setattr(api, "segment_iter", slow)
     widget = _widget(viewer, tiny_model_file)
@@ -247,12 +250,26 @@ def test_cancel_mid_run_adds_no_layer(
     qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=TIMEOUT_MS)
     assert not widget.segment_button.isEnabled() and widget.cancel_button.isEnabled()
     widget.cancel()
-    release.set()
+    gates[-1].set()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
     assert len(viewer.layers) == n_layers
     assert get_state(viewer).record_for(image) is None
     assert any("cancelled" in m for s, m in messages if s == "info")
     assert widget.segment_button.isEnabled() and not get_state(viewer).busy
+
+    # closing the widget mid-run stops its job too
+    gates.append(threading.Event())
+    worker = widget.segment(image)
+    ended = []
+    worker.finished.connect(lambda: ended.append(True))
+    qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=TIMEOUT_MS)
+    viewer.window.remove_dock_widget(widget)
+    widget.deleteLater()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
+    assert worker.abort_requested
+    gates[-1].set()
+    qtbot.waitUntil(lambda: bool(ended), timeout=TIMEOUT_MS)
+    assert len(viewer.layers) == n_layers
 
 
 # ------------------------------------------------------------------------------ messages

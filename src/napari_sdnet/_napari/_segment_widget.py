@@ -191,6 +191,11 @@ class SegmentWidget(QWidget):
         self.ask_model_path: Callable[[QWidget | None, str], str | None] = ask_model_path
         self._job: _Job | None = None
         self._choices: list[Image] = []
+        # stop a running job when the widget goes away (e.g. the viewer is closed); the
+        # closure must not reference ``self``, which is being destroyed
+        running: dict[str, Any] = {}
+        self._running = running
+        self.destroyed.connect(lambda *_: running.get("worker") and running["worker"].quit())
         self._build()
         self._connect_viewer()
         self._refresh_layers()
@@ -500,7 +505,7 @@ class SegmentWidget(QWidget):
         worker.returned.connect(self._on_returned)
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
-        self.worker = worker
+        self.worker = self._running["worker"] = worker
         worker.start()
 
     def cancel(self) -> None:
@@ -565,6 +570,7 @@ class SegmentWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
+        self._running.pop("worker", None)
         self._job = None
         self.state.busy = False
         self._set_running(False)
