@@ -28,14 +28,6 @@ PLUGIN = "napari-sdnet"
 TIMEOUT_MS = 60_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_model_file(tmp_path_factory) -> str:
     torch.manual_seed(0)

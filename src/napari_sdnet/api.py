@@ -37,6 +37,7 @@ from napari_sdnet.errors import CheckpointError, InputError
 from napari_sdnet.preprocess import (
     PreprocessConfig,
     SliceGrid,
+    inplane_spacing,
     preprocess_labels,
     preprocess_volume,
     restore_image,
@@ -347,23 +348,7 @@ def _resolve_spacing(
                 stacklevel=4,
             )
         return (t, t), True
-    if np.isscalar(spacing):
-        raise InputError(
-            f"spacing must be one value per axis ({ndim}) or the in-plane (sy, sx), got {spacing!r}"
-        )
-    try:
-        values = [float(s) for s in spacing]
-    except (TypeError, ValueError):
-        raise InputError(f"spacing must be a sequence of numbers, got {spacing!r}") from None
-    if len(values) not in {2, ndim}:
-        raise InputError(
-            f"spacing must have {ndim} values (one per axis) or 2 (in-plane sy, sx) for a "
-            f"{ndim}D image, got {len(values)}"
-        )
-    bad = [v for v in values if not math.isfinite(v) or v <= 0]
-    if bad:
-        raise InputError(f"spacing values must be finite and > 0, got {tuple(values)}")
-    return (values[-2], values[-1]), False
+    return inplane_spacing(spacing, ndim), False
 
 
 def _check_batch_size(batch_size: Any) -> int:

@@ -547,7 +547,8 @@ class SliceGrid:
 # --------------------------------------------------------------------------------------------
 
 
-def _inplane_spacing(spacing: Any, ndim: int) -> tuple[float, float]:
+def inplane_spacing(spacing: Any, ndim: int) -> tuple[float, float]:
+    """The in-plane ``(sy, sx)`` of a per-axis or in-plane spacing, checked (finite, > 0)."""
     if np.isscalar(spacing):
         raise InputError(
             f"spacing must be the in-plane (sy, sx) or one value per axis, got {spacing!r}"
@@ -601,7 +602,7 @@ def preprocess_volume(
         raise InputError(f"config must be a PreprocessConfig, got {type(config).__name__}")
     arr = _as_real_array(image)
     _check_image_shape(arr)
-    in_spacing = _inplane_spacing(spacing, arr.ndim)
+    in_spacing = inplane_spacing(spacing, arr.ndim)
     data, lo, hi = _clean_and_range(arr, config.clip_percentiles)
     data = _scale(data, lo, hi)
     grid = SliceGrid.from_config(arr.shape[-2:], in_spacing, config, intensity_range=(lo, hi))

@@ -56,6 +56,7 @@ from napari_sdnet.io.nifti import LABEL_SUFFIXES, Geometry, is_nifti_path, nifti
 from napari_sdnet.preprocess import (
     PreprocessConfig,
     SliceGrid,
+    _finite_positive,
     preprocess_volume,
 )
 
@@ -556,12 +557,7 @@ def iter_acdc_h5(
     if spacing is None:
         in_plane = config.target_spacing
     else:
-        try:
-            in_plane = float(spacing)
-        except (TypeError, ValueError):
-            raise InputError(f"H5 spacing must be a number (mm) or None, got {spacing!r}") from None
-        if not np.isfinite(in_plane) or in_plane <= 0:
-            raise InputError(f"H5 spacing must be > 0 mm, got {spacing!r}")
+        in_plane = _finite_positive(spacing, "H5 spacing (mm)")
     root = Path(root)
     data = root / "data"
     if not data.is_dir():
