@@ -424,6 +424,30 @@ def test_evaluate_acdc_h5_path_reports_split(model, acdc_h5):
     assert result.to_dict()["split"] == "val"
 
 
+def test_evaluate_h5_assumes_the_spacing_the_model_was_trained_with(monkeypatch, tmp_path):
+    """H5 files store no spacing: evaluation reuses the one recorded at training."""
+    import napari_sdnet.io.datasets as ds
+
+    seen = []
+
+    def fake_iter(path, split, config, spacing):
+        seen.append(spacing)
+        return iter(())
+
+    monkeypatch.setattr(ds, "iter_acdc_h5", fake_iter)
+    monkeypatch.setattr(ds, "detect_layout", lambda path: "acdc_h5")
+    monkeypatch.setattr(ds, "read_acdc_split", lambda path: {"test": []})
+    for recorded, given, expected in ((1.5, None, 1.5), (1.5, 2.0, 2.0), (None, None, None)):
+        info = _info()
+        info.training = {"h5_spacing": recorded}
+        m = api.Model.from_network(_tiny_network(), info)
+        try:
+            api.evaluate(m, tmp_path, split="test", h5_spacing=given)
+        except Exception:  # no volumes: only the spacing handed to the loader matters here
+            pass
+        assert seen[-1] == expected
+
+
 # -------------------------------------------------------------------------------- finetune
 
 

@@ -680,6 +680,14 @@ def _dataset_records(
     return ds.iter_cine_nifti(image, labels, meta, config), None, layout, None
 
 
+def _h5_spacing_for(model: Model, h5_spacing: float | None) -> float | None:
+    """The H5 spacing to assume: the caller's, else the one the model was trained with."""
+    if h5_spacing is not None:
+        return h5_spacing
+    trained = model.info.training.get("h5_spacing")
+    return float(trained) if isinstance(trained, int | float) else None
+
+
 def evaluate(
     model: Model,
     dataset: str | os.PathLike[str] | Iterable[VolumeRecord],
@@ -709,14 +717,16 @@ def evaluate(
             None).
         batch_size: slices per forward pass.
         h5_spacing: the in-plane spacing (mm) to assume for H5 volumes (they store none);
-            ``None`` takes the H5 pixel to be the model's pixel size.
+            ``None`` uses the spacing the model was trained with on H5 data (recorded in its
+            checkpoint as ``training["h5_spacing"]``), else takes the H5 pixel to be the
+            model's pixel size.
     """
     model = _as_model(model)
     batch_size = _check_batch_size(batch_size)
     config = model.preprocess
     if isinstance(dataset, str | os.PathLike):
         records, total, layout, used_split = _dataset_records(
-            Path(dataset), split, config, h5_spacing
+            Path(dataset), split, config, _h5_spacing_for(model, h5_spacing)
         )
     else:
         records, layout, used_split = iter(dataset), "records", None

@@ -411,7 +411,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         "--h5-spacing",
         type=float,
         default=None,
-        help="in-plane mm to assume for H5 volumes (default: the model's pixel size)",
+        help="in-plane mm to assume for H5 volumes (default: what the model was trained with "
+        "on H5 data, else the model's pixel size)",
     )
     p.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
