@@ -24,7 +24,6 @@ torch is imported only when a model is loaded or a device is described.
 from __future__ import annotations
 
 import copy
-import gc
 import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -45,27 +44,31 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
+from napari_sdnet._napari._common import (
+    DEVICES,
+    MYOCARDIUM,
+    confirm_overwrite,
+)
+from napari_sdnet._napari._common import free_gpu_memory as _free_gpu_memory
+from napari_sdnet._napari._common import is_out_of_memory as _is_out_of_memory
 from napari_sdnet._napari._export import default_mask_name, export_mask
 from napari_sdnet._napari._state import MadeLayer, SegmentationRecord, get_state, unwrap
 from napari_sdnet.errors import InputError, SDNetError
 
 PLUGIN = "napari-sdnet"
 WIDGET_NAME = "SDNet segmentation"
-DEVICES = ("auto", "cuda", "mps", "cpu")
 MODEL_BUNDLED = "bundled model"
 MODEL_FILE = "model file"
 FRAMES_ALL = "all frames"
 FRAMES_CURRENT = "current frame"
 EXPORT_ACDC = "ACDC labels (myocardium = 2)"
 EXPORT_BINARY = "binary (myocardium = 1)"
-MYOCARDIUM = 2  # ACDC label value (napari_sdnet.api.MYOCARDIUM)
 
 
 # ---------------------------------------------------------------------------------- dialogs
@@ -76,18 +79,6 @@ def ask_save_path(parent: QWidget | None, suggested: str) -> str | None:
         parent, "Export mask as NIfTI", suggested, "NIfTI (*.nii.gz *.nii)"
     )
     return path or None
-
-
-def confirm_overwrite(parent: QWidget | None, path: Path) -> bool:
-    """Ask before replacing an existing file."""
-    answer = QMessageBox.question(
-        parent,
-        "Replace file?",
-        f"{path.name} already exists in {path.parent}.\nReplace it?",
-        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-        QMessageBox.StandardButton.No,
-    )
-    return answer == QMessageBox.StandardButton.Yes
 
 
 def ask_model_path(parent: QWidget | None, start: str) -> str | None:
@@ -154,23 +145,6 @@ def _run_job(job: _Job) -> Generator[tuple[str, Any], None, _Outcome]:
     except Exception as exc:  # shown to the user on the UI thread
         outcome.error = exc
     return outcome
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(exc, oom):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _free_gpu_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------- the widget

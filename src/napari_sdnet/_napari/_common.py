@@ -1,0 +1,45 @@
+"""Small helpers shared by the napari-sdnet dock widgets (Qt dialogs, GPU memory).
+
+torch is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+from qtpy.QtWidgets import QMessageBox, QWidget
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+MYOCARDIUM = 2  # ACDC label value (napari_sdnet.api.MYOCARDIUM)
+
+
+def confirm_overwrite(parent: QWidget | None, path: Path) -> bool:
+    """Ask before replacing an existing file."""
+    answer = QMessageBox.question(
+        parent,
+        "Replace file?",
+        f"{path.name} already exists in {path.parent}.\nReplace it?",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is PyTorch running out of (GPU) memory."""
+    import torch
+
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_gpu_memory() -> None:
+    """Collect garbage and give cached CUDA memory back (no-op without CUDA)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
