@@ -299,6 +299,7 @@ class FinetuneWidget(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
+        self.progress.setFormat("%p% of the budget")
         layout.addWidget(self.progress)
         self.loss_label = QLabel("losses: -")
         self.loss_label.setWordWrap(True)
@@ -614,8 +615,7 @@ class FinetuneWidget(QWidget):
         self._job = None
         self.state.busy = False
         self._set_running(False)
-        if self.state.model is not None and str(self.state.model.device).startswith("cuda"):
-            free_gpu_memory()
+        free_gpu_memory()  # the training copies, optimiser states and batches
 
     def _on_returned(self, outcome: _Outcome) -> None:
         job = self._job
@@ -657,6 +657,8 @@ class FinetuneWidget(QWidget):
         new_labels = api.to_acdc_labels(seg.mask)
         data = new_labels.copy()
         current = np.asarray(layer.data)
+        # slices painted while training ran are kept as well
+        job.keep = sorted(set(job.keep) | set(self.edited))
         for key in job.keep:
             data[key] = current[key]
         layer.data = data
