@@ -249,3 +249,25 @@ def test_3d_study_errors_and_payload_fallback(
     assert not record.mask.untouched()  # it holds the user's slice: a re-run makes a new layer
     assert widget.undo()
     np.testing.assert_array_equal(mask.data, before)
+
+
+def test_slices_painted_while_training_are_kept(
+    make_napari_viewer, qtbot, tiny_model_file, messages
+):
+    viewer = make_napari_viewer()
+    image, mask = _segmented(viewer, qtbot, tiny_model_file)
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="SDNet fine-tuning (test)")
+    widget.device_combo.setCurrentText("cpu")
+    mask.paint((0, 1, 64, 64), 2)
+    widget.set_budget(seconds=60)
+    messages.clear()
+    assert widget.finetune() is not None
+    qtbot.waitUntil(lambda: widget.loss_label.text().startswith("step"), timeout=TIMEOUT_MS)
+    mask.paint((6, 4, 20, 20), 2)  # painted while training runs
+    painted = np.array(mask.data[6, 4], copy=True)
+    widget.stop()
+    _wait(widget, qtbot)
+    assert not _errors(messages), messages
+    assert widget.edited == [(0, 1), (6, 4)]
+    np.testing.assert_array_equal(mask.data[6, 4], painted)
