@@ -792,3 +792,17 @@ def test_train_from_init_continues_a_pretraining(phantom_acdc, tmp_path):
     with pytest.raises(CheckpointError, match="tiny"):
         next(train_model(phantom_acdc, "compact", "sdnet", None, output=tmp_path / "x.safetensors",
                          init=stage1, iterations=1))
+
+
+def test_training_works_after_an_abandoned_inference_generator(phantom):
+    """A half-consumed prediction generator must not leave the thread without gradients."""
+    from napari_sdnet.inference import iter_predict
+
+    x, _, _ = phantom
+    model = _tiny_model(0)
+    gen = iter_predict(model, x, batch_size=1)
+    next(gen)  # suspended mid-way, as when a napari worker is cancelled
+    assert torch.is_grad_enabled()
+    final = run_to_end(train(_tiny_model(1), _small_data(phantom), TrainConfig(max_iterations=2)))
+    assert final.iteration == 2
+    gen.close()

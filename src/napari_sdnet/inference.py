@@ -39,18 +39,19 @@ def iter_predict(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), _autocast(device):
-            for start in range(0, len(images), batch_size):
+        for start in range(0, len(images), batch_size):
+            # The inference-mode context is left before each yield: grad mode is per thread,
+            # and a caller (e.g. a worker thread that is later reused for training) must not
+            # be left without gradients while this generator is suspended or abandoned.
+            with torch.inference_mode(), _autocast(device):
                 batch = torch.from_numpy(images[start : start + batch_size]).to(device)
                 out = model(batch[:, None])
-                yield (
-                    min(start + batch_size, len(images)),
-                    SliceOutputs(
-                        probability=out.mask[:, 0].float().cpu().numpy(),
-                        z=out.z.float().cpu().numpy(),
-                        reconstruction=out.reconstruction[:, 0].float().cpu().numpy(),
-                    ),
+                outputs = SliceOutputs(
+                    probability=out.mask[:, 0].float().cpu().numpy(),
+                    z=out.z.float().cpu().numpy(),
+                    reconstruction=out.reconstruction[:, 0].float().cpu().numpy(),
                 )
+            yield min(start + batch_size, len(images)), outputs
     finally:
         model.train(was_training)
 

@@ -618,6 +618,8 @@ def train(
     _set_train_mode(model)
     try:
         while max_iter is None or iteration < max_iter:
+            # Grad mode is per thread: a caller (a reused worker thread) may have left it off.
+            torch.set_grad_enabled(True)
             losses = run_iteration()
             if losses is None:
                 stop_reason = "diverged"
