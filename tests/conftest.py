@@ -67,3 +67,32 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory) -> str:
+    """An untrained ``tiny`` SDNet checkpoint (widget and CLI tests)."""
+    import torch
+
+    from napari_sdnet import api
+    from napari_sdnet.model import SDNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    api.Model.from_network(SDNet("tiny").eval()).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def messages(monkeypatch) -> list[tuple[str, str]]:
+    """Notifications shown by the widgets, as ``(severity, message)``."""
+    import napari.utils.notifications as notifications
+
+    shown: list[tuple[str, str]] = []
+    for severity in ("error", "warning", "info"):
+        monkeypatch.setattr(
+            notifications,
+            f"show_{severity}",
+            lambda message, _s=severity: shown.append((_s, str(message))),
+        )
+    return shown

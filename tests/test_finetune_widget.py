@@ -8,39 +8,15 @@ the model bookkeeping (undo, save) and the messages. One torch thread (tests/con
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from napari_sdnet import api
 from napari_sdnet._napari._finetune_widget import NO_EDIT_MESSAGE, FinetuneWidget
 from napari_sdnet._napari._segment_widget import SegmentWidget
 from napari_sdnet._napari._state import get_state
-from napari_sdnet.model import SDNet
 
 PLUGIN = "napari-sdnet"
 TIMEOUT_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def tiny_model_file(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    api.Model.from_network(SDNet("tiny").eval()).save(path)
-    return str(path)
-
-
-@pytest.fixture
-def messages(monkeypatch) -> list[tuple[str, str]]:
-    import napari.utils.notifications as notifications
-
-    shown: list[tuple[str, str]] = []
-    for severity in ("error", "warning", "info"):
-        monkeypatch.setattr(
-            notifications,
-            f"show_{severity}",
-            lambda message, _s=severity: shown.append((_s, str(message))),
-        )
-    return shown
 
 
 def _errors(messages) -> list[str]:

@@ -21,34 +21,10 @@ from napari_sdnet._napari._segment_widget import (
     segment_selected_layer,
 )
 from napari_sdnet._napari._state import get_state
-from napari_sdnet.model import SDNet
 from napari_sdnet.sample import sunnybrook_study
 
 PLUGIN = "napari-sdnet"
 TIMEOUT_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def tiny_model_file(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    api.Model.from_network(SDNet("tiny").eval()).save(path)
-    return str(path)
-
-
-@pytest.fixture
-def messages(monkeypatch) -> list[tuple[str, str]]:
-    """Notifications shown by the widget, as ``(severity, message)``."""
-    import napari.utils.notifications as notifications
-
-    shown: list[tuple[str, str]] = []
-    for severity in ("error", "warning", "info"):
-        monkeypatch.setattr(
-            notifications,
-            f"show_{severity}",
-            lambda message, _s=severity: shown.append((_s, str(message))),
-        )
-    return shown
 
 
 def _widget(viewer, model_file: str) -> SegmentWidget:

@@ -1,4 +1,4 @@
-"""Small helpers shared by the napari-sdnet dock widgets (Qt dialogs, GPU memory).
+"""Small helpers shared by the napari-sdnet dock widgets (Qt dialogs, messages, GPU memory).
 
 torch is imported inside the functions only.
 """
@@ -8,7 +8,8 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from qtpy.QtWidgets import QMessageBox, QWidget
+from napari.utils import notifications
+from qtpy.QtWidgets import QLabel, QMessageBox, QWidget
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 MYOCARDIUM = 2  # ACDC label value (napari_sdnet.api.MYOCARDIUM)
@@ -43,3 +44,21 @@ def free_gpu_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+class MessagesMixin:
+    """User messages for a dock widget with a ``status`` label: napari notifications."""
+
+    status: QLabel
+
+    def _error(self, message: str) -> None:
+        self.status.setText(f"error: {message}")
+        notifications.show_error(message)
+
+    @staticmethod
+    def _warning(message: str) -> None:
+        notifications.show_warning(message)
+
+    @staticmethod
+    def _info(message: str) -> None:
+        notifications.show_info(message)

@@ -48,6 +48,7 @@ from qtpy.QtWidgets import (
 from napari_sdnet._napari._common import (
     DEVICES,
     MYOCARDIUM,
+    MessagesMixin,
     confirm_overwrite,
     free_gpu_memory,
     is_out_of_memory,
@@ -201,7 +202,7 @@ class _UndoStep:
 
 
 # ------------------------------------------------------------------------------- the widget
-class FinetuneWidget(QWidget):
+class FinetuneWidget(MessagesMixin, QWidget):
     """Dock widget: the edited slices, the training settings, Fine-tune/Stop, Undo, Save."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
@@ -762,12 +763,3 @@ class FinetuneWidget(QWidget):
         self.status.setText(f"saved the model to {target}")
         notifications.show_info(f"wrote {target}")
         return target
-
-    # -- messages ------------------------------------------------------------------------------
-    def _error(self, message: str) -> None:
-        self.status.setText(f"error: {message}")
-        notifications.show_error(message)
-
-    @staticmethod
-    def _warning(message: str) -> None:
-        notifications.show_warning(message)

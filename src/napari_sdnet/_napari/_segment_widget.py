@@ -53,6 +53,7 @@ from qtpy.QtWidgets import (
 from napari_sdnet._napari._common import (
     DEVICES,
     MYOCARDIUM,
+    MessagesMixin,
     confirm_overwrite,
 )
 from napari_sdnet._napari._common import free_gpu_memory as _free_gpu_memory
@@ -148,7 +149,7 @@ def _run_job(job: _Job) -> Generator[tuple[str, Any], None, _Outcome]:
 
 
 # ------------------------------------------------------------------------------- the widget
-class SegmentWidget(QWidget):
+class SegmentWidget(MessagesMixin, QWidget):
     """Dock widget: choose an image layer, a model and a device; Segment; Export mask."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
@@ -769,18 +770,6 @@ class SegmentWidget(QWidget):
         self._info(f"wrote {written} (myocardium = {value})")
         return written
 
-    # -- messages ------------------------------------------------------------------------------
-    def _error(self, message: str) -> None:
-        self.status.setText(f"error: {message}")
-        notifications.show_error(message)
-
-    @staticmethod
-    def _warning(message: str) -> None:
-        notifications.show_warning(message)
-
-    @staticmethod
-    def _info(message: str) -> None:
-        notifications.show_info(message)
 
 
 def segment_selected_layer(viewer: Viewer) -> None:
