@@ -502,15 +502,21 @@ def train(
         mb = None if m is None else m[idx][:, None].to(device, non_blocking=True)
         return augment_batch(xb, mb, config.augment, gen)
 
-    def g_step(loss: torch.Tensor) -> bool:
-        """One generator update; False (and no update) when the loss is not finite."""
+    def update(
+        opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor
+    ) -> bool:
+        """One optimiser step on ``loss``; False (and no update) when the loss is not finite."""
         if not math.isfinite(loss.item()):
             return False
-        opt_g.zero_grad(set_to_none=True)
-        scaler_g.scale(loss).backward()
-        scaler_g.step(opt_g)
-        scaler_g.update()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         return True
+
+    def g_step(loss: torch.Tensor) -> bool:
+        """One generator update (see ``update``)."""
+        return update(opt_g, scaler_g, loss)
 
     best_state: dict[str, torch.Tensor] | None = None
     best_dice: float | None = None
@@ -604,12 +610,8 @@ def train(
                         model.image_discriminator(fx),
                     )
             losses["discriminators"] = d_loss.item()
-            if not math.isfinite(losses["discriminators"]):
+            if not update(opt_d, scaler_d, d_loss):
                 return None
-            opt_d.zero_grad(set_to_none=True)
-            scaler_d.scale(d_loss).backward()
-            scaler_d.step(opt_d)
-            scaler_d.update()
         return losses
 
     start = time.perf_counter()
