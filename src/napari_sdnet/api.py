@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from napari_sdnet.errors import CheckpointError, InputError
+from napari_sdnet.io.datasets import MYOCARDIUM  # ACDC value of the model's binary mask
 from napari_sdnet.preprocess import (
     PreprocessConfig,
     SliceGrid,
@@ -72,8 +73,6 @@ __all__ = [
 
 #: File name of the bundled model inside ``napari_sdnet/weights``.
 BUNDLED_MODEL = "sdnet_compact_acdc.safetensors"
-#: ACDC label value of the myocardium (the model's binary mask).
-MYOCARDIUM = 2
 #: A pixel is myocardium when its (restored) probability is at least this.
 THRESHOLD = 0.5
 

@@ -9,10 +9,18 @@ import gc
 from pathlib import Path
 
 from napari.utils import notifications
-from qtpy.QtWidgets import QLabel, QMessageBox, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QMessageBox, QWidget
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
-MYOCARDIUM = 2  # ACDC label value (napari_sdnet.api.MYOCARDIUM)
+from napari_sdnet.device import DEVICE_CHOICES as DEVICES
+from napari_sdnet.io.datasets import MYOCARDIUM as MYOCARDIUM  # ACDC value, re-exported
+
+
+def device_combo() -> QComboBox:
+    """The device chooser both widgets use (auto/cuda/mps/cpu)."""
+    combo = QComboBox()
+    combo.addItems(list(DEVICES))
+    combo.setToolTip("auto: CUDA, then MPS (Apple), then CPU")
+    return combo
 
 
 def confirm_overwrite(parent: QWidget | None, path: Path) -> bool:

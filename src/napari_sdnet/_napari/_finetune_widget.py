@@ -46,10 +46,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sdnet._napari._common import (
-    DEVICES,
     MYOCARDIUM,
     MessagesMixin,
     confirm_overwrite,
+    device_combo,
     free_gpu_memory,
     is_out_of_memory,
 )
@@ -289,9 +289,7 @@ class FinetuneWidget(MessagesMixin, QWidget):
             "decomposer only: the reconstructor (and so latent mixing) stays as it was"
         )
         settings.addRow("update", self.update_combo)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICES))
-        self.device_combo.setToolTip("auto: CUDA, then MPS (Apple), then CPU")
+        self.device_combo = device_combo()
         settings.addRow("device", self.device_combo)
 
         self.run_button = QPushButton("Fine-tune")

@@ -55,6 +55,7 @@ from napari_sdnet._napari._common import (
     MYOCARDIUM,
     MessagesMixin,
     confirm_overwrite,
+    device_combo,
 )
 from napari_sdnet._napari._common import free_gpu_memory as _free_gpu_memory
 from napari_sdnet._napari._common import is_out_of_memory as _is_out_of_memory
@@ -214,9 +215,7 @@ class SegmentWidget(MessagesMixin, QWidget):
             self.model_combo.setCurrentIndex(1)
         self._on_model_kind_changed()
 
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICES))
-        self.device_combo.setToolTip("auto: CUDA, then MPS (Apple), then CPU")
+        self.device_combo = device_combo()
         self.device_combo.currentTextChanged.connect(self._update_device_label)
         form.addRow("device", self.device_combo)
         self.device_label = QLabel()
