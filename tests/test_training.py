@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from napari_sdnet.errors import CheckpointError, InputError
-from napari_sdnet.inference import SliceOutputs
+from napari_sdnet.inference import SliceOutputs, predict_slices
 from napari_sdnet.model import SDNet
 from napari_sdnet.phantom import make_phantom_volume
 from napari_sdnet.preprocess import PreprocessConfig, preprocess_labels, preprocess_volume
@@ -484,6 +484,50 @@ def test_freeze_prefixes_keep_weights_unchanged(phantom):
     assert model.decomposer.down[1][0][0].weight.requires_grad
 
 
+MASK_PATH = ("decomposer.down", "decomposer.bottleneck", "decomposer.up", "decomposer.mask_head")
+
+
+def test_reconstructor_fit_keeps_the_masks_and_selects_on_reconstruction(phantom):
+    """Mask path frozen + selection on reconstruction: the segmentation cannot change, the
+    kept weights are those with the lowest validation L1 (not the first, whose Dice ties)."""
+    from napari_sdnet.training.trainer import validation_recon_l1
+
+    model = _tiny_model(0)
+    data = _small_data(phantom)
+    x = data.val_images
+    masks_before = predict_slices(model, x).probability
+    l1_before = validation_recon_l1(model, x)
+    cfg = TrainConfig(
+        max_iterations=12, iterations_per_epoch=3, lr=3e-3, freeze=MASK_PATH,
+        select_on="reconstruction", augment=NO_AUG,
+    )
+    reports = list(train(model, data, cfg))
+    validated = [r for r in reports if r.val_recon_l1 is not None and not r.done]
+    assert len(validated) == 4
+    best = min(validated, key=lambda r: r.val_recon_l1)
+    final = reports[-1]
+    assert final.best_iteration == best.iteration
+    assert final.best_val_recon_l1 == pytest.approx(best.val_recon_l1)
+    assert np.array_equal(predict_slices(model, x).probability, masks_before)
+    assert validation_recon_l1(model, x) == pytest.approx(best.val_recon_l1, rel=1e-5)
+    assert best.val_recon_l1 < l1_before
+    # Selection on reconstruction needs a trained reconstructor.
+    with pytest.raises(InputError, match="sdnet"):
+        TrainConfig(model_type="unet", max_iterations=1, select_on="reconstruction")
+    with pytest.raises(InputError, match="selection"):
+        TrainConfig(max_iterations=1, select_on="loss")
+
+
+def test_freeze_prefix_that_matches_nothing_is_refused(phantom):
+    model = _tiny_model(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InputError, match="decomposer.dwn"):
+        next(train(model, _small_data(phantom), TrainConfig(max_iterations=2,
+                                                            freeze=("decomposer.dwn",))))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_non_finite_loss_stops_without_a_bad_update(phantom, monkeypatch):
     model = _tiny_model(0)
     calls = {"n": 0}
@@ -788,6 +832,19 @@ def test_train_from_init_continues_a_pretraining(phantom_acdc, tmp_path):
     w_new = dict(model.decomposer.named_parameters())
     diff = max((w_new[k] - w_pre[k]).abs().max().item() for k in w_pre)
     assert diff < 1e-3  # tiny lr: still the pre-trained weights (a fresh init differs by ~0.1)
+    # Stage 3: fit only the Z head and the reconstructor, keep the lowest reconstruction L1.
+    stage3 = tmp_path / "recon.safetensors"
+    freeze = [f"--freeze=decomposer.{part}" for part in ("down", "bottleneck", "up", "mask_head")]
+    assert main(["train", *common, "--init", str(stage2), "--iterations", "2", *freeze,
+                 "--select-on", "reconstruction", "-o", str(stage3)]) == 0
+    fitted, info3 = load_checkpoint(stage3)
+    assert info3.training["select_on"] == "reconstruction"
+    assert info3.training["freeze"] == [f"decomposer.{p}" for p in ("down", "bottleneck", "up",
+                                                                     "mask_head")]
+    assert info3.metrics["val_recon_l1"] > 0
+    w2, w3 = model.state_dict(), fitted.state_dict()
+    assert all(torch.equal(w2[k], w3[k]) for k in w2 if k.startswith("decomposer.down"))
+    assert not all(torch.equal(w2[k], w3[k]) for k in w2 if k.startswith("reconstructor"))
     # A checkpoint of another preset is refused before any data are loaded.
     with pytest.raises(CheckpointError, match="tiny"):
         next(train_model(phantom_acdc, "compact", "sdnet", None, output=tmp_path / "x.safetensors",

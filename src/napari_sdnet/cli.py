@@ -525,6 +525,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         device=args.device,
         init=args.init,
+        freeze=tuple(args.freeze),
+        select_on=args.select_on,
         on_data=on_data,
     )
     bar = tqdm(desc="train", unit="it", file=sys.stderr, disable=None, leave=False)
@@ -545,10 +547,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 bar.update(progress.iteration - bar.n)
                 if progress.val_dice is not None:
                     last_val = progress.val_dice
+                    recon = (
+                        f", reconstruction L1 {progress.val_recon_l1:.4f}"
+                        if progress.val_recon_l1 is not None
+                        else ""
+                    )
                     bar.write(
                         f"iteration {progress.iteration} (epoch {progress.epoch}): val Dice "
-                        f"{progress.val_dice:.4f}, best {progress.best_val_dice:.4f} at "
-                        f"iteration {progress.best_iteration}",
+                        f"{progress.val_dice:.4f}{recon}; kept: iteration "
+                        f"{progress.best_iteration} (Dice {progress.best_val_dice:.4f})",
                         file=sys.stderr,
                     )
                 postfix = describe_losses(progress.losses)
@@ -672,6 +679,20 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         metavar="MODEL",
         help="start from this checkpoint's weights (same preset), e.g. a unet pre-training "
         "continued with the SDNet losses",
+    )
+    p.add_argument(
+        "--freeze",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="parameter-name prefix not to train (repeatable), e.g. decomposer.down",
+    )
+    p.add_argument(
+        "--select-on",
+        choices=("dice", "reconstruction"),
+        default="dice",
+        help="which validated weights to keep: best Dice (default) or, for sdnet, lowest "
+        "reconstruction L1 (e.g. fitting the reconstructor of a frozen segmenter)",
     )
     p.add_argument(
         "--device",

@@ -298,6 +298,8 @@ def train_model(
     augment: bool = True,
     device: str = "auto",
     init: str | os.PathLike[str] | None = None,
+    freeze: Sequence[str] = (),
+    select_on: str = "dice",
     on_data: Any = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a model of ``preset`` on ``data_dir`` and write its best weights to ``output``.
@@ -309,6 +311,9 @@ def train_model(
     its budgets). ``on_data(description)`` is called once the data are loaded (the CLI
     prints it). ``init`` starts from the weights of a checkpoint of the same preset (e.g. a
     ``unet`` pre-training continued with the SDNet losses) instead of a fresh initialisation.
+    ``freeze`` (parameter-name prefixes kept as they are) and ``select_on`` (``"dice"`` or
+    ``"reconstruction"``) are :class:`TrainConfig`'s, e.g. to fit only the Z head and the
+    reconstructor of a trained segmenter (``docs/training.md``).
 
     On ``KeyboardInterrupt`` (raised inside, or thrown in with ``generator.throw``) training
     stops, the best weights so far are written anyway and the result says ``"interrupted"``.
@@ -352,6 +357,8 @@ def train_model(
         patience=patience,
         seed=seed,
         augment=AugmentConfig(enabled=augment),
+        freeze=tuple(freeze),
+        select_on=select_on,
     )
     preprocess = preprocess_config_for(model_config)
     data, desc = build_train_data(
@@ -409,6 +416,10 @@ def train_model(
         "augment": augment,
         "stop_reason": stop_reason,
     }
+    if freeze:
+        training["freeze"] = list(freeze)
+    if select_on != "dice":
+        training["select_on"] = select_on
     if init is not None:
         training["init"] = {"model": Path(init).name, "model_type": init_info.model_type,
                             "training": init_info.training, "metrics": init_info.metrics}
@@ -422,6 +433,8 @@ def train_model(
             "val_iteration": best_iter,
             "val_volumes": desc["val_volumes"],
         }
+        if final is not None and final.best_val_recon_l1 is not None:
+            metrics["val_recon_l1"] = round(float(final.best_val_recon_l1), 4)
     info = CheckpointInfo.for_model(
         model_config,
         model_type=model_type,

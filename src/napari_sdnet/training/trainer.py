@@ -40,6 +40,7 @@ from napari_sdnet.training.losses import (
 )
 
 MODEL_TYPES = ("sdnet", "unet", "gan")
+SELECT_ON = ("dice", "reconstruction")
 
 
 @dataclass
@@ -87,7 +88,7 @@ class TrainConfig:
     # model type uses the unlabelled one, so that sdnet/unet/gan runs on the same data have
     # epochs of the same length (validation frequency, patience, max_epochs).
     iterations_per_epoch: int | None = None
-    patience: int | None = 20  # epochs without a better validation Dice before stopping
+    patience: int | None = 20  # epochs without a better validation score before stopping
     validate_every: int = 1  # epochs
     pool_size: int = 50
     # Training images (not augmented) whose BatchNorm statistics replace the running averages
@@ -98,6 +99,10 @@ class TrainConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     freeze: Sequence[str] = ()  # parameter-name prefixes not to update, e.g. ("reconstructor",)
+    # What picks the kept weights: "dice" (highest validation Dice; patience counts epochs
+    # without a better one) or "reconstruction" (lowest validation L1 of g(round(M), Z) against
+    # the image; sdnet only), e.g. to fit the reconstructor with the mask path frozen.
+    select_on: str = "dice"
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -106,6 +111,15 @@ class TrainConfig:
             )
         if self.batch_size < 1:
             raise InputError("batch size must be >= 1")
+        if self.select_on not in SELECT_ON:
+            raise InputError(
+                f"unknown selection {self.select_on!r}; choose one of {', '.join(SELECT_ON)}"
+            )
+        if self.select_on == "reconstruction" and self.model_type != "sdnet":
+            raise InputError(
+                f"selection on reconstruction needs an sdnet model, not {self.model_type!r} "
+                "(its reconstructor is not trained)"
+            )
         if self.max_iterations is None and self.max_epochs is None and self.max_seconds is None:
             raise InputError("give at least one of max_iterations, max_epochs, max_seconds")
 
@@ -193,7 +207,9 @@ class Progress:
     elapsed: float
     losses: dict[str, float] = field(default_factory=dict)
     val_dice: float | None = None  # set on iterations where validation ran
+    val_recon_l1: float | None = None  # sdnet: validation L1 of g(round(M), Z), same iterations
     best_val_dice: float | None = None
+    best_val_recon_l1: float | None = None  # sdnet: the kept weights' validation L1
     best_iteration: int | None = None
     done: bool = False
     stop_reason: str | None = None
@@ -353,6 +369,12 @@ def validation_dice(
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def validation_recon_l1(model: SDNet, images: np.ndarray) -> float:
+    """Mean absolute error of the reconstruction g(round(M), Z) against ``images`` ([-1, 1])."""
+    recon = predict_slices(model, images, batch_size=32).reconstruction
+    return float(np.mean(np.abs(recon - np.asarray(images, np.float32))))
+
+
 def _cpu_state(model: SDNet) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -443,6 +465,13 @@ def train(
     use_unlabelled = has_unlabelled and config.model_type != "unet"
 
     original_flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    unknown = [p for p in config.freeze if not any(n.startswith(p) for n in original_flags)]
+    if unknown:
+        parts = sorted({".".join(n.split(".")[:2]) for n in original_flags})
+        raise InputError(
+            f"freeze: no parameter name starts with {', '.join(map(repr, unknown))}; "
+            f"prefixes look like {', '.join(parts)}"
+        )
     for name, param in model.named_parameters():
         param.requires_grad_(not any(name.startswith(p) for p in config.freeze))
     g_params = [p for p in model.generator_parameters() if p.requires_grad]
@@ -519,22 +548,29 @@ def train(
         return update(opt_g, scaler_g, loss)
 
     best_state: dict[str, torch.Tensor] | None = None
-    best_dice: float | None = None
+    best_dice: float | None = None  # validation Dice of the kept weights
+    best_l1: float | None = None  # and their reconstruction L1 (sdnet)
+    best_score: float | None = None  # the selection score of the kept weights (higher = better)
     best_iter: int | None = None
     stale_epochs = 0
 
     def validate(progress: Progress) -> bool:
-        """Validate, keep the weights if best; True when the Dice improved."""
-        nonlocal best_state, best_dice, best_iter
+        """Validate, keep the weights if best; True when the selection score improved."""
+        nonlocal best_state, best_dice, best_l1, best_score, best_iter
         recalibrate()
         dice_val = validation_dice(model, data.val_images, data.val_masks, data.val_volume_ids)
+        if sdnet:
+            progress.val_recon_l1 = validation_recon_l1(model, data.val_images)
         _set_train_mode(model)
-        improved = best_dice is None or dice_val > best_dice
+        score = dice_val if config.select_on == "dice" else -progress.val_recon_l1
+        improved = best_score is None or score > best_score
         if improved:
-            best_dice, best_iter = dice_val, progress.iteration
+            best_dice, best_score, best_iter = dice_val, score, progress.iteration
+            best_l1 = progress.val_recon_l1
             best_state = _cpu_state(model)
         progress.val_dice = dice_val
         progress.best_val_dice = best_dice
+        progress.best_val_recon_l1 = best_l1
         progress.best_iteration = best_iter
         return improved
 
@@ -638,6 +674,7 @@ def train(
                 elapsed=elapsed,
                 losses=losses,
                 best_val_dice=best_dice,
+                best_val_recon_l1=best_l1,
                 best_iteration=best_iter,
             )
             out_of_time = config.max_seconds is not None and elapsed >= config.max_seconds
@@ -682,6 +719,7 @@ def train(
         max_iterations=max_iter,
         elapsed=time.perf_counter() - start,
         best_val_dice=best_dice,
+        best_val_recon_l1=best_l1,
         best_iteration=best_iter,
         done=True,
         stop_reason=stop_reason,
