@@ -421,8 +421,12 @@ def train_model(
     if select_on != "dice":
         training["select_on"] = select_on
     if init is not None:
-        training["init"] = {"model": Path(init).name, "model_type": init_info.model_type,
-                            "training": init_info.training, "metrics": init_info.metrics}
+        training["init"] = {
+            "model": Path(init).name,
+            "model_type": init_info.model_type,
+            "training": init_info.training,
+            "metrics": init_info.metrics,
+        }
     for key in ("max_volumes", "train_patients", "val_patients"):
         if key in desc:
             training[key] = desc[key]
