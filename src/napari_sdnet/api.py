@@ -35,6 +35,18 @@ import numpy as np
 
 from napari_sdnet.errors import CheckpointError, InputError
 from napari_sdnet.io.datasets import MYOCARDIUM  # ACDC value of the model's binary mask
+from napari_sdnet.latent import (  # latent space exploration (docs/api.md, "Latent mixing")
+    Figure3,
+    LatentSlice,
+    figure3,
+    interpolate_z,
+    latent_slice,
+    mix,
+    mix_slices,
+    mix_z,
+    offset_z,
+    save_figure3,
+)
 from napari_sdnet.preprocess import (
     PreprocessConfig,
     SliceGrid,
@@ -69,6 +81,17 @@ __all__ = [
     "segment",
     "segment_iter",
     "to_acdc_labels",
+    # latent space exploration (napari_sdnet.latent)
+    "Figure3",
+    "LatentSlice",
+    "figure3",
+    "interpolate_z",
+    "latent_slice",
+    "mix",
+    "mix_slices",
+    "mix_z",
+    "offset_z",
+    "save_figure3",
 ]
 
 #: File name of the bundled model inside ``napari_sdnet/weights``.
