@@ -532,7 +532,13 @@ def format_report(
         f"Protocol: preset `{p.preset}`, {p.budget_text()}, Adam lr {p.lr:g} (beta1 0.5), "
         f"batch {p.batch_size}, unlabelled pool up to {p.n_unlabelled} training slices, H5 "
         f"spacing {p.h5_spacing} mm, real masks for D_M: {p.real_masks}, augmentation "
-        f"{'on' if p.augment else 'off'}; best validated weights (20 val volumes).",
+        f"{'on' if p.augment else 'off'}; best validated weights ("
+        + (
+            "the 20 volumes of val.list"
+            if p.val_volumes is None
+            else f"the first {p.val_volumes} volumes of val.list"
+        )
+        + f"); seeds {', '.join(str(s) for s in sorted({r['seed'] for r in runs})) or DASH}.",
         "",
         f"Finished runs: {len(runs)}"
         + (f" of {len(expected)} asked" if expected else "")

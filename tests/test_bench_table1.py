@@ -220,6 +220,37 @@ def test_table_with_missing_cells_and_targets(tmp_path):
     for r in runs:
         (tmp_path / "runs" / f"{r['name']}.json").write_text(json.dumps(r))
     (tmp_path / "runs" / "gan-11-s0.json").write_text("not json")
+    partial = {"format": 1, "model": "gan", "labelled": 34, "seed": 0, "test": {}}
+    (tmp_path / "runs" / "gan-34-s0.json").write_text(json.dumps(partial))
+    assert bench.load_run(tmp_path / "runs" / "gan-34-s0.json", TINY.protocol()) is None
     results = bench.write_report(tmp_path, TINY)
     assert len(results["runs"]) == 5 and "gan" not in results["measured"]
     assert results["measured"]["sdnet"]["11"]["n"] == 2
+
+
+def test_measure_speed_times_each_model_type(h5_root):
+    speed = bench.measure_speed(
+        h5_root, TINY, ["unet", "sdnet"], 2, device="cpu", warmup=1, max_volumes=None
+    )
+    assert set(speed) == {"unet", "sdnet"} and all(0 < s < 60 for s in speed.values())
+
+
+def test_command_line_report_and_protocol_guard(tmp_path, capsys):
+    out = tmp_path / "quick"
+    assert bench.main(["--profile", "quick", "--report", "--out", str(out)]) == 0
+    table = (out / "table1.md").read_text()
+    assert "profile `quick`" in table and "1200 iterations" in table
+    assert "| SDNet | measured (quick) | \u2014 | \u2014 | \u2014 | \u2014 | \u2014 |" in table
+    assert json.loads((out / "results.json").read_text())["runs"] == []
+    # a finished run of the quick protocol makes the full profile refuse this folder
+    record = _record("unet", 11, 0, 0.3)
+    record["protocol"] = bench.PROFILES["quick"].protocol()
+    (out / "runs").mkdir()
+    (out / "runs" / "unet-11-s0.json").write_text(json.dumps(record))
+    assert bench.main(["--profile", "quick", "--report", "--out", str(out)]) == 0
+    assert (
+        "| U-Net | measured (quick) | \u2014 | \u2014 | \u2014 | \u2014 | 0.300 (n=1) |"
+        in (out / "table1.md").read_text()
+    )
+    assert bench.main(["--profile", "full", "--report", "--out", str(out)]) == 2
+    assert "other settings" in capsys.readouterr().err
