@@ -242,6 +242,20 @@ def test_bad_input_is_refused_with_clear_messages(model, seg, seg4d):
         latent.mix(model, s, s.z, denormalise=True)
 
 
+def test_torch_threads_is_restored():
+    import torch
+
+    before = torch.get_num_threads()  # 1 in the tests (conftest)
+    with latent.torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), latent.torch_threads(before + 1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with latent.torch_threads(None):
+        assert torch.get_num_threads() == before
+
+
 def test_api_reexports_and_no_gui_import():
     for name in ("figure3", "save_figure3", "mix", "mix_slices", "mix_z", "latent_slice"):
         assert getattr(api, name) is getattr(latent, name)

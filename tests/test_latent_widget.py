@@ -142,6 +142,11 @@ def test_mixer_on_a_cine_study_segmented_frame_by_frame(
     # the heat map: Z of the 12 slices of frame 7, or of the 2 segmented phases of slice 8
     assert isinstance(widget.heat_canvas, FigureCanvasQTAgg)
     np.testing.assert_array_equal(widget.heat_values, seg7.z)
+    assert widget.heat_row == 8
+    widget.z_chooser.slice.setValue(5)  # the outline follows the Z slice
+    assert widget.heat_row == 5 and widget.heat_axes.patches[0].get_y() == pytest.approx(4.5)
+    qtbot.waitUntil(lambda: not widget._heat_timer.isActive(), timeout=2000)
+    widget.z_chooser.slice.setValue(8)
     widget.heat_mode.setCurrentIndex(1)
     np.testing.assert_array_equal(widget.heat_values, np.stack([seg0.z[8], seg7.z[8]]))
     assert widget.heat_canvas.isVisibleTo(widget) and widget.heat_canvas.minimumHeight() >= 200

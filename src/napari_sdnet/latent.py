@@ -27,7 +27,8 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,7 @@ __all__ = [
     "save_figure3",
     "slice_indices",
     "slice_label",
+    "torch_threads",
 ]
 
 #: Column titles of :func:`figure3` (one row per slice; "other" is the other row's slice).
@@ -230,6 +232,28 @@ def mix_z(
 
 
 # ---------------------------------------------------------------------------------- mixing
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` PyTorch intra-op threads (``None``: leave them as they are).
+
+    Decoding ONE slice gains little from several threads, and when another program keeps a
+    core busy, PyTorch's default (one thread per core) made it 3-40x slower on a 2-core machine
+    (docs/benchmarks.md); the mixer widget decodes its previews with one thread. The setting is
+    process-wide: do not use this while another thread runs PyTorch work.
+    """
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def mix(
     model: Model,
     mask_from: LatentSlice | np.ndarray | None,

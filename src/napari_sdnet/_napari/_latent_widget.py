@@ -33,7 +33,7 @@ import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.layers import Image
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -61,6 +61,9 @@ Z_RANGE = 0.5
 Z_STEPS = 100
 HEAT_SLICES = "slices of the Z frame"
 HEAT_PHASES = "phases of the Z slice"
+HEAT_DELAY_MS = 120
+#: torch threads for decoding a preview (one slice): see latent.torch_threads
+PREVIEW_THREADS = 1
 
 
 def ask_figure_path(parent: QWidget | None, suggested: str) -> str | None:
@@ -256,11 +259,21 @@ class LatentWidget(MessagesMixin, QWidget):
         heat_row.addWidget(self.heat_mode)
         heat_row.addStretch(1)
         layout.addLayout(heat_row)
-        self.heat_figure = Figure(figsize=(3.6, 2.6), layout="constrained")
+        # fixed margins: a constrained layout doubles the cost of each redraw
+        self.heat_figure = Figure(figsize=(3.6, 2.6))
+        self.heat_figure.subplots_adjust(left=0.17, right=0.97, bottom=0.17, top=0.9)
         self.heat_canvas = FigureCanvasQTAgg(self.heat_figure)
         self.heat_canvas.setMinimumHeight(200)
         self.heat_axes = self.heat_figure.add_subplot()
         self._colorbar = None
+        self._heat_key: tuple | None = None
+        self.heat_values: np.ndarray | None = None
+        # the canvas is redrawn HEAT_DELAY_MS after the last change (a matplotlib redraw costs
+        # tens of ms): the preview layer shows first and spinning through slices stays fluid
+        self._heat_timer = QTimer(self)
+        self._heat_timer.setSingleShot(True)
+        self._heat_timer.setInterval(HEAT_DELAY_MS)
+        self._heat_timer.timeout.connect(self.heat_canvas.draw_idle)
         layout.addWidget(self.heat_canvas)
         layout.addStretch(1)
         self._set_enabled(False)
@@ -516,7 +529,9 @@ class LatentWidget(MessagesMixin, QWidget):
             offsets=choice.offsets,
         )
         mask_src = None if choice.null_mask else self._slice(choice.mask_from)
-        image = latent.mix(model, mask_src, z, grid=z_src.grid, denormalise=True)
+        # no plugin job runs meanwhile (see _problem), so the thread setting is safe to change
+        with latent.torch_threads(PREVIEW_THREADS):
+            image = latent.mix(model, mask_src, z, grid=z_src.grid, denormalise=True)
         m_text = "0" if mask_src is None else f"M {mask_src.label}"
         if choice.zero_z:
             z_text = "Z 0"
@@ -642,18 +657,24 @@ class LatentWidget(MessagesMixin, QWidget):
 
     # -- heat map ------------------------------------------------------------------------------
     def draw_heatmap(self) -> None:
-        """Z across the slices of the Z frame, or the phases of the Z slice (4D)."""
+        """Z across the slices of the Z frame, or the phases of the Z slice (4D), with the Z
+        slice outlined; the canvas is redrawn shortly after (see ``HEAT_DELAY_MS``)."""
         ax = self.heat_axes
         if self._problem() is not None:
             ax.clear()
             ax.set_axis_off()
-            self.heat_canvas.draw_idle()
+            self._heat_key = None
+            self.heat_values = None
+            self._heat_timer.start()
             return
         ax.set_axis_on()
         frame, z = self.z_chooser.value()
         frames, n = self._frames(), self._n_slices()
+        phases = bool(frames) and self.heat_mode.currentText() == HEAT_PHASES
+        # the rows shown: only the outlined row moves while they stay the same
+        key = (id(self.chosen_image()), id(self._record()), phases, z if phases else frame)
         try:
-            if frames and self.heat_mode.currentText() == HEAT_PHASES:
+            if phases:
                 rows = [self._slice((f, z)) for f in frames]
                 labels = [f"t={f}" for f in frames]
                 current, title = frames.index(frame), f"Z of slice z={z} across phases"
@@ -668,13 +689,18 @@ class LatentWidget(MessagesMixin, QWidget):
             self.status.setText(f"error: {exc}")
             return
         values = np.stack([r.z for r in rows])
-        artist = latent.draw_z_heatmap(ax, values, labels, current=current, title=title)
-        if self._colorbar is None:
-            self._colorbar = self.heat_figure.colorbar(artist, ax=ax, fraction=0.05)
+        if key == self._heat_key and ax.patches and np.array_equal(values, self.heat_values):
+            ax.patches[0].set_y(current - 0.5)
         else:
-            self._colorbar.update_normal(artist)
+            artist = latent.draw_z_heatmap(ax, values, labels, current=current, title=title)
+            if self._colorbar is None:
+                self._colorbar = self.heat_figure.colorbar(artist, ax=ax, fraction=0.05)
+            else:
+                self._colorbar.update_normal(artist)
+            self._heat_key = key
         self.heat_values = values
-        self.heat_canvas.draw_idle()
+        self.heat_row = current
+        self._heat_timer.start()
 
     # -- Figure 3 ------------------------------------------------------------------------------
     def export_figure3(
