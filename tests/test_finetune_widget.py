@@ -90,6 +90,11 @@ def test_finetune_keeps_edited_slices_undo_and_save(
     assert new_model.info.training["finetuned"][-1]["labelled_slices"] == 1
     assert new_model.info.training["finetuned"][-1]["steps"] == 2
     assert widget.progress.value() == 100 and widget.loss_label.text().startswith("step 2")
+    # the loss plot: one curve per plotted loss, one point per step
+    assert [x for x, _ in widget.loss_history["dice_loss"]] == [1, 2]
+    assert set(widget.loss_history) == {"dice_loss", "recon_l1", "unl_recon_l1"}
+    (axes,) = widget.loss_figure.axes
+    assert len(axes.lines) == 3 and list(axes.lines[0].get_xdata()) == [1, 2]
 
     # the edited slice is untouched, every other slice is the new model's segmentation
     np.testing.assert_array_equal(mask.data[2, 3], before[2, 3])

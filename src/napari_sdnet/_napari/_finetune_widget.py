@@ -27,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils import notifications
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -57,6 +60,13 @@ from napari_sdnet._napari._state import SegmentationRecord, data_digests, get_st
 from napari_sdnet.errors import SDNetError
 
 WIDGET_NAME = "SDNet fine-tuning"
+#: losses drawn in the plot (trainer key -> legend)
+PLOTTED_LOSSES = {
+    "dice_loss": "Dice loss (edited slices)",
+    "recon_l1": "reconstruction L1 (edited)",
+    "unl_recon_l1": "reconstruction L1 (others)",
+}
+LOSS_PLOT_MS = 300  # the plot is redrawn at most this often while training
 BUDGET_SECONDS = "seconds"
 BUDGET_STEPS = "steps"
 UPDATE_ALL = "whole model"
@@ -303,6 +313,18 @@ class FinetuneWidget(MessagesMixin, QWidget):
         self.loss_label = QLabel("losses: -")
         self.loss_label.setWordWrap(True)
         layout.addWidget(self.loss_label)
+        # live plot of the training losses (redrawn when Qt is idle, not on every step)
+        self.loss_history: dict[str, list[tuple[int, float]]] = {}
+        self.loss_figure = Figure(figsize=(3.6, 2.0))
+        self.loss_figure.set_layout_engine("tight")
+        self.loss_canvas = FigureCanvasQTAgg(self.loss_figure)
+        self.loss_canvas.setMinimumHeight(150)
+        layout.addWidget(self.loss_canvas)
+        self._loss_timer = QTimer(self)
+        self._loss_timer.setSingleShot(True)
+        self._loss_timer.setInterval(LOSS_PLOT_MS)
+        self._loss_timer.timeout.connect(self._draw_losses)
+        self._draw_losses()
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -556,6 +578,8 @@ class FinetuneWidget(MessagesMixin, QWidget):
         self._set_running(True)
         self.progress.setValue(0)
         self.loss_label.setText("losses: -")
+        self.loss_history = {}
+        self._draw_losses()
         n = len(job.keep)
         self.status.setText(f"fine-tuning on {n} edited slice(s) of {job.image.name!r} ...")
         worker = create_worker(_run_job, job, _start_thread=False)
@@ -606,6 +630,37 @@ class FinetuneWidget(MessagesMixin, QWidget):
             self.progress.setValue(int(round(100 * min(max(fraction, 0.0), 1.0))))
             losses = ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(value.losses.items()))
             self.loss_label.setText(f"step {value.iteration}: {losses or '-'}")
+            for key in PLOTTED_LOSSES:
+                if key in value.losses:
+                    point = (int(value.iteration), float(value.losses[key]))
+                    self.loss_history.setdefault(key, []).append(point)
+            if not self._loss_timer.isActive():
+                self._loss_timer.start()
+
+    def _draw_losses(self) -> None:
+        """Redraw the loss plot from ``loss_history`` (drawn when Qt is next idle)."""
+        fig = self.loss_figure
+        fig.clear()
+        ax = fig.add_subplot(1, 1, 1)
+        for key, points in self.loss_history.items():
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, label=PLOTTED_LOSSES[key], linewidth=1)
+        if self.loss_history:
+            ax.legend(fontsize=7, loc="upper right")
+        else:
+            ax.text(
+                0.5,
+                0.5,
+                "losses appear here while fine-tuning",
+                ha="center",
+                va="center",
+                fontsize=8,
+                transform=ax.transAxes,
+            )
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        self.loss_canvas.draw_idle()
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -614,6 +669,8 @@ class FinetuneWidget(MessagesMixin, QWidget):
         self._job = None
         self.state.busy = False
         self._set_running(False)
+        self._loss_timer.stop()
+        self._draw_losses()  # the complete curves
         free_gpu_memory()  # the training copies, optimiser states and batches
 
     def _on_returned(self, outcome: _Outcome) -> None:
