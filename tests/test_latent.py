@@ -177,6 +177,10 @@ def test_figure3_panels_and_png(model, seg, tmp_path):
 
     path = api.save_figure3(fig, tmp_path / "fig3.png")
     assert path == tmp_path / "fig3.png"
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")  # the permissions a plain new file gets (umask)
+    assert path.stat().st_mode == reference.stat().st_mode
+    reference.unlink()
     png = mpimg.imread(path)
     assert png.ndim == 3 and png.shape[1] > 2 * png.shape[0]  # 6 columns, 2 rows
     assert png[..., :3].std() > 0.1  # drawn, not blank

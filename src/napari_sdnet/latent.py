@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -431,19 +431,18 @@ def save_figure3(
     if path.exists() and not overwrite:
         raise InputError(f"{path}: file exists; refusing to overwrite (pass overwrite=True)")
     figure = draw_figure3(panels)
+    # a new file in the same folder (created with the user's umask, unlike mkstemp's 0600),
+    # moved into place: readers never see a half-written PNG
+    tmp = path.with_name(f".{path.stem}.sdnet-tmp-{uuid.uuid4().hex[:12]}.png")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             figure.savefig(fh, format="png", dpi=dpi)
         os.replace(tmp, path)
     except OSError as exc:
         raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 

@@ -261,7 +261,7 @@ class LatentWidget(MessagesMixin, QWidget):
         layout.addLayout(heat_row)
         # fixed margins: a constrained layout doubles the cost of each redraw
         self.heat_figure = Figure(figsize=(3.6, 2.6))
-        self.heat_figure.subplots_adjust(left=0.17, right=0.97, bottom=0.17, top=0.9)
+        self.heat_figure.subplots_adjust(left=0.16, right=0.9, bottom=0.17, top=0.9)
         self.heat_canvas = FigureCanvasQTAgg(self.heat_figure)
         self.heat_canvas.setMinimumHeight(200)
         self.heat_axes = self.heat_figure.add_subplot()
