@@ -568,7 +568,10 @@ class LatentWidget(MessagesMixin, QWidget):
         self.preview, self.preview_name, self.z_values = data, name, z
         for k, label in enumerate(self.z_labels):
             label.setText(f"{z[k]:.2f}")
-        self.status.setText(f"{name}  ({elapsed:.0f} ms)")
+        note = ""
+        if not self.state.model.has_trained_reconstructor:
+            note = f"; a {self.state.model.model_type!r} model: its reconstructor is untrained"
+        self.status.setText(f"{name}  ({elapsed:.0f} ms){note}")
         return True
 
     def _geometry(self, image: Image) -> dict[str, Any]:
