@@ -183,6 +183,7 @@ def test_finetune_writes_a_loadable_model(files, tmp_path, capsys):
     record = model.info.training["finetuned"][-1]
     assert record["steps"] == 2 and record["labelled_slices"] == 6
     assert record["base_model"] == str(files["model"])
+    assert record["lr"] == api.FINETUNE_LR  # the widget's and the API's default
     assert main(args) == 2  # exists
     _one_line_error(capsys, "finetune")
     assert main(["info", str(out)]) == 0

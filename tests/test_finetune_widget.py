@@ -8,6 +8,7 @@ the model bookkeeping (undo, save) and the messages. One torch thread (tests/con
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from napari_sdnet import api
@@ -52,6 +53,7 @@ def test_finetune_keeps_edited_slices_undo_and_save(
     assert isinstance(widget, FinetuneWidget)
     widget.device_combo.setCurrentText("cpu")
     assert widget.chosen_image() is image and widget.mask_layer() is mask
+    assert widget.lr_spin.value() == pytest.approx(api.FINETUNE_LR)  # one default everywhere
 
     # nothing painted yet
     assert widget.finetune() is None

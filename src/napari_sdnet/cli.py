@@ -271,9 +271,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     _check_new_file(args.output, args.overwrite, "model")
     seconds, steps = args.seconds, args.steps
     if seconds is None and steps is None:
-        seconds = 60.0
+        seconds = api.FINETUNE_SECONDS
         print(
-            "napari-sdnet finetune: no --seconds/--steps given; training for 60 s", file=sys.stderr
+            f"napari-sdnet finetune: no --seconds/--steps given; training for {seconds:g} s",
+            file=sys.stderr,
         )
     image = read_nifti(args.image)
     if image.is_labels:
@@ -301,7 +302,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         spacing,
         seconds=seconds,
         steps=steps,
-        lr=args.lr,
+        lr=api.FINETUNE_LR if args.lr is None else args.lr,
         freeze=tuple(args.freeze),
         device=args.device,
         batch_size=args.batch_size,
@@ -436,7 +437,12 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="new model (.safetensors)")
     p.add_argument("--seconds", type=float, default=None, help="time budget (default 60 s)")
     p.add_argument("--steps", type=int, default=None, help="iteration budget")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: api.FINETUNE_LR, 3e-4)",
+    )
     p.add_argument(
         "--freeze",
         action="append",

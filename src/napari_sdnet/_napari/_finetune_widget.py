@@ -57,6 +57,7 @@ from napari_sdnet._napari._common import (
     is_out_of_memory,
 )
 from napari_sdnet._napari._state import SegmentationRecord, data_digests, get_state, unwrap
+from napari_sdnet.api import FINETUNE_LR, FINETUNE_SECONDS
 from napari_sdnet.errors import SDNetError
 
 WIDGET_NAME = "SDNet fine-tuning"
@@ -281,7 +282,7 @@ class FinetuneWidget(MessagesMixin, QWidget):
         budget = QHBoxLayout()
         self.budget_value = QSpinBox()
         self.budget_value.setRange(1, 1_000_000)
-        self.budget_value.setValue(60)
+        self.budget_value.setValue(int(FINETUNE_SECONDS))
         self.budget_kind = QComboBox()
         self.budget_kind.addItems([BUDGET_SECONDS, BUDGET_STEPS])
         budget.addWidget(self.budget_value)
@@ -291,7 +292,7 @@ class FinetuneWidget(MessagesMixin, QWidget):
         self.lr_spin.setDecimals(6)
         self.lr_spin.setRange(1e-6, 1.0)
         self.lr_spin.setSingleStep(1e-5)
-        self.lr_spin.setValue(1e-4)
+        self.lr_spin.setValue(FINETUNE_LR)
         settings.addRow("learning rate", self.lr_spin)
         self.update_combo = QComboBox()
         self.update_combo.addItems([UPDATE_ALL, UPDATE_DECOMPOSER])
