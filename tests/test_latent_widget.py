@@ -218,3 +218,58 @@ def test_mixer_on_a_volume_and_model_rules(make_napari_viewer, qtbot, tiny_model
     assert "segment it again" in _errors(messages)[-1]
     n_layers = len(viewer.layers)
     assert widget.export_figure3() is None and len(viewer.layers) == n_layers
+
+
+def test_mixer_busy_resegmentation_and_a_2d_image(
+    make_napari_viewer, qtbot, tiny_model_file, messages
+):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    vol = viewer.add_image(rng.normal(50, 10, (4, 64, 64)).astype(np.float32), name="vol")
+    widget = LatentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="mixer (test)")
+    seg_widget = _segment(viewer, qtbot, tiny_model_file, vol)
+    widget.set_choice(mask_from=(None, 1), z_from=(None, 3), zero_z=True)
+    first = widget.preview.copy()
+
+    # while a job runs on the viewer, the mixer waits; it catches up when the job ends
+    state = get_state(viewer)
+    state.busy = True
+    widget.set_choice(zero_z=False)
+    assert "waiting" in widget.status.text()
+    np.testing.assert_array_equal(widget.preview, first)
+    state.busy = False
+    assert widget.preview_name == "g(M z=1, Z z=3)"
+
+    # a new segmentation of the same image: new Z, the choices stay
+    old_z = state.record_for(vol).segmentation.z.copy()
+    vol.data = vol.data * 2.0 + rng.normal(0, 5, vol.data.shape).astype(np.float32)
+    assert seg_widget.segment(vol) is not None
+    qtbot.waitUntil(lambda: seg_widget.worker is None, timeout=TIMEOUT_MS)
+    new_z = state.record_for(vol).segmentation.z
+    assert not np.allclose(new_z, old_z)
+    assert widget.mask_chooser.value() == (None, 1) and widget.z_chooser.value() == (None, 3)
+    np.testing.assert_array_equal(widget.heat_values, new_z)
+
+    # a 2D image: one slice, no slice choosers; Figure 3 needs two slices
+    flat = viewer.add_image(rng.normal(50, 10, (64, 64)).astype(np.float32), name="flat")
+    _segment(viewer, qtbot, tiny_model_file, flat)
+    assert widget.chosen_image() is vol  # the user's choice stays; the new one is listed
+    assert [widget.layer_combo.itemText(i) for i in range(widget.layer_combo.count())] == [
+        "vol",
+        "flat",
+    ]
+    assert widget.select_image(flat) and widget.chosen_image() is flat
+    assert widget.mask_chooser.value() == (None, None)
+    assert not widget.mask_chooser.slice.isVisibleTo(widget)
+    seg = state.record_for(flat).segmentation
+    np.testing.assert_allclose(widget.preview, seg.reconstruction_intensity, rtol=1e-4, atol=1e-3)
+    assert widget.preview_layer.data.shape == (64, 64)
+    assert widget.heat_values.shape == (1, 16)
+    widget.null_mask.setChecked(True)
+    assert widget.preview_name == "g(0, Z slice)"
+    assert widget.export_figure3("unused.png") is None
+    assert "two different slices" in _errors(messages)[-1]
+    # choosing the volume again works
+    assert widget.select_image(vol) and widget.chosen_image() is vol
+    assert widget.preview_layer.data.shape == (64, 64)
