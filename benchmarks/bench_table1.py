@@ -322,6 +322,7 @@ def run_one(
     """Train one model, evaluate it on the test split, write and return its record."""
     from napari_sdnet import __version__, api
     from napari_sdnet.training.recipe import train_model
+    from napari_sdnet.training.trainer import describe_losses
 
     name = run_name(model_type, count, seed)
     runs = out_dir / "runs"
@@ -349,13 +350,23 @@ def run_one(
         device=device,
     )
     start = time.perf_counter()
+    history: list[list[float]] = []  # [iteration, validation Dice]
     while True:
         try:
             progress = next(gen)
         except StopIteration as stop:
             result = stop.value
             break
-        if progress.val_dice is not None and not progress.done:
+        if progress.done:
+            continue
+        every = max(1, (progress.max_iterations or 0) // 10)
+        if progress.max_iterations and progress.iteration % every == 0:
+            log(
+                f"  {name}: iteration {progress.iteration}/{progress.max_iterations} "
+                f"({progress.elapsed:.0f} s) {describe_losses(progress.losses)}"
+            )
+        if progress.val_dice is not None:
+            history.append([progress.iteration, round(progress.val_dice, 4)])
             log(
                 f"  {name}: iteration {progress.iteration} (epoch {progress.epoch}, "
                 f"{progress.elapsed:.0f} s): val Dice {progress.val_dice:.4f}, best "
@@ -395,6 +406,7 @@ def run_one(
             "best_dice": result.info.metrics.get("val_dice"),
             "best_iteration": result.info.metrics.get("val_iteration"),
             "volumes": desc.get("val_volumes"),
+            "history": history,
         },
         "training": {
             "iterations": training.get("iterations"),

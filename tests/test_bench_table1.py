@@ -89,6 +89,7 @@ def test_benchmark_runs_resumes_and_redoes_broken_runs(h5_root, tmp_path):
         assert record["training"]["labelled_slices"] == 11
         assert record["protocol"] == TINY.protocol()
         assert record["validation"]["volumes"] == 2  # validation patient only
+        assert record["validation"]["history"] == [[3, record["validation"]["best_dice"]]]
         assert not (runs / f"{name}.lock").exists()
     # the U-Net never uses the pool; SDNet does, and the pool is training slices only
     assert json.loads((runs / "unet-11-s0.json").read_text())["training"]["unlabelled_used"] == 0
