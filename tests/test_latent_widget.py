@@ -259,6 +259,8 @@ def test_mixer_busy_resegmentation_and_a_2d_image(
         "vol",
         "flat",
     ]
+    vol.name = "volume"  # renaming shows in the list
+    assert widget.layer_combo.itemText(0) == "volume"
     assert widget.select_image(flat) and widget.chosen_image() is flat
     assert widget.mask_chooser.value() == (None, None)
     assert not widget.mask_chooser.slice.isVisibleTo(widget)

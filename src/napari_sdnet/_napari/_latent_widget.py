@@ -160,6 +160,9 @@ class LatentWidget(MessagesMixin, QWidget):
         events = self.viewer.layers.events
         for name in ("inserted", "removed", "moved", "reordered"):
             getattr(events, name).connect(self._refresh_layers)
+        events.inserted.connect(lambda event: event.value.events.name.connect(self._renamed))
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._renamed)
         self.state.record_changed.connect(self._on_record_changed)
         self.state.events.model.connect(self._on_model_changed)
         self.state.events.busy.connect(self._on_busy_changed)
@@ -316,6 +319,10 @@ class LatentWidget(MessagesMixin, QWidget):
         if current is not self._shown:
             self._on_layer_changed()
 
+    def _renamed(self, *_: Any) -> None:
+        for i, layer in enumerate(self._choices):
+            self.layer_combo.setItemText(i, layer.name)
+
     def chosen_image(self) -> Image | None:
         """The segmented image whose slices are mixed."""
         i = self.layer_combo.currentIndex()
@@ -335,19 +342,25 @@ class LatentWidget(MessagesMixin, QWidget):
         return self.state.record_for(image) if image is not None else None
 
     def _frames(self) -> list[int] | None:
-        """Frames that can be mixed (4D), else None."""
-        image, record = self.chosen_image(), self._record()
-        if image is None or record is None or image.ndim != 4:
+        """Frames that can be mixed (a 4D study), else None."""
+        record = self._record()
+        if record is None:
             return None
         if record.segmentation is not None and record.segmentation.z.ndim == 3:
             return list(range(record.segmentation.z.shape[0]))
-        return sorted(record.frames)
+        return sorted(record.frames) or None
 
     def _n_slices(self) -> int | None:
-        image = self.chosen_image()
-        if image is None or image.ndim < 3:
+        """Slices per frame of the segmented study (None for a 2D image)."""
+        record = self._record()
+        if record is None:
             return None
-        return int(np.shape(image.data)[-3])
+        seg = record.segmentation
+        if seg is None and record.frames:
+            seg = next(iter(record.frames.values()))
+        if seg is None or seg.z.ndim < 2:
+            return None
+        return int(seg.z.shape[-2])
 
     def _on_layer_changed(self, *_: Any, keep: bool = False) -> None:
         """Set the controls up for the chosen image: at the viewer's position, or (``keep``,
@@ -392,18 +405,16 @@ class LatentWidget(MessagesMixin, QWidget):
 
     def viewer_position(self) -> tuple[int | None, int | None]:
         """``(frame, z)`` of the chosen image shown in the viewer (clipped to what exists)."""
-        image = self.chosen_image()
-        if image is None or image.ndim < 3:
+        image, n = self.chosen_image(), self._n_slices()
+        if image is None or n is None:
             return None, None
         point = image.world_to_data(self.viewer.dims.point)
-        shape = np.shape(image.data)
-        z = int(min(max(round(float(point[-3])), 0), shape[-3] - 1))
-        if image.ndim < 4:
+        z = int(min(max(round(float(point[-3])), 0), n - 1))
+        frames = self._frames()
+        if not frames:
             return None, z
-        frames = self._frames() or [0]
         t = int(round(float(point[0])))
-        frame = min(frames, key=lambda f: abs(f - t))
-        return frame, z
+        return min(frames, key=lambda f: abs(f - t)), z
 
     # -- controls ------------------------------------------------------------------------------
     def _on_t_changed(self, value: int) -> None:
