@@ -532,12 +532,16 @@ class LatentWidget(MessagesMixin, QWidget):
         model = self.state.model
         z_src = self._slice(choice.z_from)
         toward = self._slice(choice.toward) if choice.toward is not None else None
+        # 16 sliders; a model with another Z length (a custom preset) uses the first ones
+        offsets = np.zeros(z_src.z.size, np.float32)
+        k = min(offsets.size, choice.offsets.size)
+        offsets[:k] = choice.offsets[:k]
         z = latent.mix_z(
             z_src.z,
             toward=toward.z if toward is not None else None,
             t=choice.t,
             zero=choice.zero_z,
-            offsets=choice.offsets,
+            offsets=offsets,
         )
         mask_src = None if choice.null_mask else self._slice(choice.mask_from)
         # no plugin job runs meanwhile (see _problem), so the thread setting is safe to change
@@ -578,7 +582,7 @@ class LatentWidget(MessagesMixin, QWidget):
         self.timings_ms.append(elapsed)
         self.preview, self.preview_name, self.z_values = data, name, z
         for k, label in enumerate(self.z_labels):
-            label.setText(f"{z[k]:.2f}")
+            label.setText(f"{z[k]:.2f}" if k < z.size else "-")
         note = ""
         if not self.state.model.has_trained_reconstructor:
             note = f"; a {self.state.model.model_type!r} model: its reconstructor is untrained"
