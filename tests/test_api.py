@@ -520,6 +520,30 @@ def test_finetune_freeze_keeps_those_weights(model, phantom):
     assert any(not torch.equal(old[k], fresh[k]) for k in dec)
 
 
+def test_finetune_leaves_out_the_mask_adversarial_terms(model, phantom, monkeypatch):
+    """D_M would see only the painted masks as real: fine-tuning neither uses nor trains it."""
+    from napari_sdnet.training import trainer as trainer_module
+
+    seen = []
+    real_train = trainer_module.train
+
+    def spy(network, data, config):
+        seen.append(config)
+        return real_train(network, data, config)
+
+    monkeypatch.setattr(trainer_module, "train", spy)
+    new = api.run(api.finetune(model, phantom.image, phantom.labels, SPACING_4D, steps=2))
+    (config,) = seen
+    assert config.weights.adv_mask == 0 and config.weights.unl_adv_mask == 0
+    assert config.weights.recon == api.finetune_loss_weights().recon > 0  # still semi-supervised
+    assert config.weights.unl_recon > 0 and config.lr == api.FINETUNE_LR
+    old, fresh = _state(model.network), _state(new.network)
+    d_m = [k for k in old if k.startswith("mask_discriminator.")]
+    d_x = [k for k in old if k.startswith("image_discriminator.")]
+    assert d_m and all(torch.equal(old[k], fresh[k]) for k in d_m)
+    assert any(not torch.equal(old[k], fresh[k]) for k in d_x)
+
+
 def test_finetune_without_painted_myocardium(model, phantom):
     with pytest.raises(InputError, match=r"no slice has myocardium \(label 2\) painted"):
         api.run(api.finetune(model, phantom.image, np.zeros_like(phantom.labels), steps=1))
