@@ -25,7 +25,6 @@ from napari_sdnet.training.trainer import Progress
 SPACING_4D = (100.0, 10.0, 2.0, 1.5)
 
 
-
 def _tiny_network(seed: int = 0) -> SDNet:
     torch.manual_seed(seed)
     return SDNet("tiny").eval()
