@@ -91,7 +91,8 @@ def test_finetune_keeps_edited_slices_undo_and_save(
     assert new_model is not None and state.model is new_model and new_model is not base_model
     assert new_model.info.training["finetuned"][-1]["labelled_slices"] == 1
     assert new_model.info.training["finetuned"][-1]["steps"] == 2
-    assert widget.progress.value() == 100 and widget.loss_label.text().startswith("step 2")
+    assert widget.progress.value() == 100 and widget.loss_label.text().startswith("step 2: ")
+    assert "dice_loss" in widget.loss_label.text()  # the last losses, not the empty final report
     # the loss plot: one curve per plotted loss, one point per step
     assert [x for x, _ in widget.loss_history["dice_loss"]] == [1, 2]
     assert set(widget.loss_history) == {"dice_loss", "recon_l1", "unl_recon_l1"}

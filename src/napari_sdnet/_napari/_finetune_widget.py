@@ -629,8 +629,9 @@ class FinetuneWidget(MessagesMixin, QWidget):
             else:
                 fraction = value.elapsed / job.seconds if job.seconds else 0.0
             self.progress.setValue(int(round(100 * min(max(fraction, 0.0), 1.0))))
-            losses = ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(value.losses.items()))
-            self.loss_label.setText(f"step {value.iteration}: {losses or '-'}")
+            if value.losses:  # the final report (done) carries none: keep the last ones
+                losses = ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(value.losses.items()))
+                self.loss_label.setText(f"step {value.iteration}: {losses}")
             for key in PLOTTED_LOSSES:
                 if key in value.losses:
                     point = (int(value.iteration), float(value.losses[key]))
@@ -647,7 +648,7 @@ class FinetuneWidget(MessagesMixin, QWidget):
             steps, values = zip(*points, strict=True)
             ax.plot(steps, values, label=PLOTTED_LOSSES[key], linewidth=1)
         if self.loss_history:
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(fontsize=7, loc="best", framealpha=0.6)
         else:
             ax.text(
                 0.5,

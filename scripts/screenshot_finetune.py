@@ -1,0 +1,98 @@
+"""Screenshot of the "SDNet fine-tuning" widget after a short fine-tuning (real window).
+
+Needs a display; headless::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshot_finetune.py \
+        [--model bundled|PATH] [--steps 60] [--out docs/images]
+
+Segments the bundled sample study with the segmentation widget, then "corrects" two of its
+contoured slices by painting the expert myocardium into the mask layer (through the layer's
+paint API, so the fine-tuning widget sees paint events as it does for a brush), fine-tunes
+for ``--steps`` steps and writes ``finetune_widget.png`` (widget with the edited-slice list and
+the loss plot) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="bundled", help="'bundled' or a .safetensors file")
+    parser.add_argument("--steps", type=int, default=60, help="fine-tuning steps (default 60)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
+    args = parser.parse_args(argv)
+
+    import napari
+    import torch
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sdnet._napari.launch import _show_mid_slice, dock_segment_widget, open_in_viewer
+    from napari_sdnet.sample import sunnybrook_study
+
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    viewer = napari.Viewer(title="napari-sdnet")
+    viewer.window.resize(1500, 980)
+    layers = open_in_viewer(viewer, None, sample=True)
+    image, contours = layers
+    _show_mid_slice(viewer, layers, sample=True)
+    seg = dock_segment_widget(viewer, image)
+    seg.set_model(args.model)
+    seg.set_device("cpu")
+    if seg.segment(image) is None:
+        print(seg.status.text(), file=sys.stderr)
+        return 1
+    seg.wait()
+    if seg.last_error is not None:
+        print(f"error: {seg.last_error}", file=sys.stderr)
+        return 1
+    mask = seg.mask_layer_for(image)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sdnet", "SDNet fine-tuning")
+    widget.device_combo.setCurrentText("cpu")
+
+    # the "corrections": the expert myocardium on two contoured slices, painted into the mask
+    frames = sunnybrook_study().labelled_frames()
+    given = [frames[len(frames) // 3], frames[2 * len(frames) // 3]]
+    for z, t in given:
+        old = np.asarray(mask.data[t, z])
+        expert = np.asarray(contours.data[t, z]) == 2
+        for value, where in ((0, old.astype(bool) & ~expert), (2, expert & (old != 2))):
+            ys, xs = np.nonzero(where)
+            if len(ys):
+                index = (np.full_like(ys, t), np.full_like(ys, z), ys, xs)
+                mask.data_setitem(index, value)
+    print(f"edited slices: {widget.edited}")
+    z, t = given[0]
+    viewer.dims.set_current_step(0, t)
+    viewer.dims.set_current_step(1, z)
+    contours.visible = False
+    widget.set_budget(steps=args.steps)
+    if widget.finetune() is None:
+        print(widget.status.text(), file=sys.stderr)
+        return 1
+    while widget.worker is not None:
+        QApplication.processEvents()
+    if widget.last_error is not None:
+        print(f"error: {widget.last_error}", file=sys.stderr)
+        return 1
+    viewer.window.remove_dock_widget(seg.parent())  # room for the fine-tuning widget
+    viewer.layers.selection.active = mask
+    for _ in range(20):
+        QApplication.processEvents()
+    path = args.out / "finetune_widget.png"
+    viewer.screenshot(path=str(path), canvas_only=False)
+    print(f"wrote {path} ({path.stat().st_size // 1024} KB); {widget.status.text()}")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
