@@ -845,6 +845,27 @@ def test_train_from_init_continues_a_pretraining(phantom_acdc, tmp_path):
     w2, w3 = model.state_dict(), fitted.state_dict()
     assert all(torch.equal(w2[k], w3[k]) for k in w2 if k.startswith("decomposer.down"))
     assert not all(torch.equal(w2[k], w3[k]) for k in w2 if k.startswith("reconstructor"))
+    # --reinit restarts parts of the initial model (seeded): here the Z head and reconstructor
+    stage4 = tmp_path / "reinit.safetensors"
+    assert main(["train", *common, "--init", str(stage3), "--iterations", "1", "--lr", "1e-9",
+                 "--reinit", "decomposer.z_head", "--reinit", "reconstructor",
+                 "-o", str(stage4)]) == 0
+    restarted, info4 = load_checkpoint(stage4)
+    assert info4.training["reinit"] == ["decomposer.z_head", "reconstructor"]
+    w4 = dict(restarted.named_parameters())  # parameters: BatchNorm statistics do move
+    torch.manual_seed(0)
+    fresh = dict(SDNet("tiny").named_parameters())  # the seed's (lr 1e-9: one step moves nothing)
+    for key in w4:
+        if key.startswith(("decomposer.z_head", "reconstructor")):
+            assert torch.allclose(w4[key], fresh[key], atol=1e-6), key
+        elif key.startswith("decomposer.down"):
+            assert torch.allclose(w4[key], w3[key], atol=1e-6), key
+    with pytest.raises(InputError, match="reinit"):
+        next(train_model(phantom_acdc, "tiny", "sdnet", None, output=tmp_path / "y.safetensors",
+                         init=stage3, reinit=("decoder",), iterations=1))
+    with pytest.raises(InputError, match="init"):
+        next(train_model(phantom_acdc, "tiny", "sdnet", None, output=tmp_path / "y.safetensors",
+                         reinit=("reconstructor",), iterations=1))
     # A checkpoint of another preset is refused before any data are loaded.
     with pytest.raises(CheckpointError, match="tiny"):
         next(train_model(phantom_acdc, "compact", "sdnet", None, output=tmp_path / "x.safetensors",

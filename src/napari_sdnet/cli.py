@@ -533,6 +533,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         init=args.init,
         freeze=tuple(args.freeze),
         select_on=args.select_on,
+        reinit=tuple(args.reinit),
         on_data=on_data,
     )
     bar = tqdm(desc="train", unit="it", file=sys.stderr, disable=None, leave=False)
@@ -692,6 +693,14 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="PREFIX",
         help="parameter-name prefix not to train (repeatable), e.g. decomposer.down",
+    )
+    p.add_argument(
+        "--reinit",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="with --init: parameter-name prefix whose weights start afresh (repeatable), "
+        "e.g. reconstructor",
     )
     p.add_argument(
         "--select-on",

@@ -300,6 +300,7 @@ def train_model(
     init: str | os.PathLike[str] | None = None,
     freeze: Sequence[str] = (),
     select_on: str = "dice",
+    reinit: Sequence[str] = (),
     on_data: Any = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a model of ``preset`` on ``data_dir`` and write its best weights to ``output``.
@@ -313,7 +314,8 @@ def train_model(
     ``unet`` pre-training continued with the SDNet losses) instead of a fresh initialisation.
     ``freeze`` (parameter-name prefixes kept as they are) and ``select_on`` (``"dice"`` or
     ``"reconstruction"``) are :class:`TrainConfig`'s, e.g. to fit only the Z head and the
-    reconstructor of a trained segmenter (``docs/training.md``).
+    reconstructor of a trained segmenter (``docs/training.md``). ``reinit`` (with ``init``):
+    parameter-name prefixes whose weights start afresh (seeded) instead of from ``init``.
 
     On ``KeyboardInterrupt`` (raised inside, or thrown in with ``generator.throw``) training
     stops, the best weights so far are written anyway and the result says ``"interrupted"``.
@@ -337,6 +339,8 @@ def train_model(
         raise InputError(f"{output} exists; choose another name or allow overwriting")
     model_config = get_preset(preset)
     dev = resolve_device(device)
+    if reinit and init is None:
+        raise InputError("reinit needs init: it restarts parts of an initial model")
     if init is not None:
         from napari_sdnet.training.checkpoint import load_checkpoint
 
@@ -347,6 +351,10 @@ def train_model(
                 f"{Path(init).name} is a {preset!r} model of another configuration than this "
                 "version's preset"
             )
+        names = list(init_model.state_dict())
+        for prefix in reinit:
+            if not any(k.startswith(prefix) for k in names):
+                raise InputError(f"reinit: no parameter name starts with {prefix!r}")
     cfg = TrainConfig(
         model_type=model_type,
         batch_size=batch_size,
@@ -381,6 +389,13 @@ def train_model(
     if on_data is not None:
         on_data(desc)
     torch.manual_seed(seed)
+    if init is not None and reinit:
+        fresh = SDNet(model_config).state_dict()
+        state = init_model.state_dict()
+        for prefix in reinit:
+            state.update({k: v for k, v in fresh.items() if k.startswith(prefix)})
+        init_model.load_state_dict(state)
+        torch.manual_seed(seed)
     model = (init_model if init is not None else SDNet(model_config)).to(dev)
     trainer = train(model, data, cfg)
     final: Progress | None = None
@@ -418,6 +433,8 @@ def train_model(
     }
     if freeze:
         training["freeze"] = list(freeze)
+    if reinit:
+        training["reinit"] = list(reinit)
     if select_on != "dice":
         training["select_on"] = select_on
     if init is not None:
