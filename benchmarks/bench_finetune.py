@@ -10,7 +10,7 @@ after, with the time taken. The N given slices are spread evenly over the contou
 Usage::
 
     .venv/bin/python benchmarks/bench_finetune.py [--model bundled] [--n 1 2 4]
-        [--seconds 60] [--threads 2] [--json out.json]
+        [--seconds 60] [--seeds 0 1 2] [--threads 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def main() -> None:
                         default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="fine-tuning seeds (batch order, augmentation); one run per seed")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -75,20 +77,25 @@ def main() -> None:
         for z, t in given:
             labels[t, z] = np.where(gt[t, z] == 2, 2, 0)
         before = _scores(base_mask, gt, others)
-        start = time.perf_counter()
-        new = api.run(api.finetune(model, vol.data, labels, spacing, seconds=args.seconds))
-        tune_seconds = time.perf_counter() - start
-        after_mask = api.segment(new, vol.data, spacing).mask
-        total = time.perf_counter() - start
-        after = _scores(after_mask, gt, others)
-        row = {"n_given": n, "given_zt": given, "n_evaluated": len(others), "before": before,
-               "after": after, "finetune_seconds": round(tune_seconds, 1),
-               "finetune_plus_resegment_seconds": round(total, 1)}
-        results["runs"].append(row)
-        print(f"N={n} given {given}: Dice on the other {len(others)} contoured slices "
-              f"{before['pooled']:.3f} -> {after['pooled']:.3f} (per-slice "
-              f"{before['per_slice']:.3f} -> {after['per_slice']:.3f}); fine-tune "
-              f"{tune_seconds:.0f} s, with re-segmentation {total:.0f} s")
+        for seed in args.seeds:
+            start = time.perf_counter()
+            new = api.run(api.finetune(model, vol.data, labels, spacing, seconds=args.seconds,
+                                       seed=seed))
+            tune_seconds = time.perf_counter() - start
+            after_mask = api.segment(new, vol.data, spacing).mask
+            total = time.perf_counter() - start
+            after = _scores(after_mask, gt, others)
+            steps = new.info.training["finetuned"][-1]["steps"]
+            row = {"n_given": n, "seed": seed, "given_zt": given, "n_evaluated": len(others),
+                   "before": before, "after": after, "steps": steps,
+                   "finetune_seconds": round(tune_seconds, 1),
+                   "finetune_plus_resegment_seconds": round(total, 1)}
+            results["runs"].append(row)
+            print(f"N={n} seed {seed} given {given}: Dice on the other {len(others)} contoured "
+                  f"slices {before['pooled']:.3f} -> {after['pooled']:.3f} (per-slice "
+                  f"{before['per_slice']:.3f} -> {after['per_slice']:.3f}); fine-tune "
+                  f"{steps} steps in {tune_seconds:.0f} s, with re-segmentation {total:.0f} s",
+                  flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
         print(f"wrote {args.json}")
