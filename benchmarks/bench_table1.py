@@ -163,12 +163,13 @@ PROFILES: dict[str, Profile] = {
 #: Measured cost of the quick profile on this project's development machine (2-core Intel Xeon
 #: VM, no GPU), from ``--measure-speed`` and the partial run described in docs/benchmarks.md.
 QUICK_ESTIMATE = (
-    "Quick profile cost, measured with --measure-speed on 1 thread of a 2-core Intel Xeon VM "
-    "while the other core was busy: 0.13 s (unet), 0.34 s (gan) and 1.0 s (sdnet) per "
-    "training iteration, i.e. 2.6, 6.7 and 20 minutes of training per run at 1200 "
-    "iterations, plus about 1-2 minutes per run for loading, validation and the test "
-    "evaluation. The 15 runs of one seed: about 2.7 hours with one worker (--threads 1), "
-    "about 1.5 hours as two workers with --threads 1 each on two cores."
+    "Quick profile cost on 1 thread of a 2-core Intel Xeon VM while the other core was busy: "
+    "--measure-speed gave 0.13 s (unet), 0.34 s (gan) and 1.0 s (sdnet) per training "
+    "iteration; the real runs at 11 labelled images took 192 s (unet) and 972 s (sdnet, 0.78 "
+    "s per iteration) with loading, 4 validations and the test evaluation. One labelled count "
+    "(3 runs) is thus about 25-30 minutes, and the 15 runs of one seed about 2.5 hours with "
+    "one worker (--threads 1), about 1.3 hours as two workers with --threads 1 each on two "
+    "cores. One process with 2 threads was not measured (the second core was busy)."
 )
 
 
