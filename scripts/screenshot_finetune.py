@@ -30,30 +30,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     args = parser.parse_args(argv)
 
-    import napari
-    import torch
     from qtpy.QtWidgets import QApplication
+    from screenshot_segment import open_segmented_sample  # this folder
 
-    from napari_sdnet._napari.launch import _show_mid_slice, dock_segment_widget, open_in_viewer
     from napari_sdnet.sample import sunnybrook_study
 
-    torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    viewer = napari.Viewer(title="napari-sdnet")
-    viewer.window.resize(1500, 980)
-    layers = open_in_viewer(viewer, None, sample=True)
-    image, contours = layers
-    _show_mid_slice(viewer, layers, sample=True)
-    seg = dock_segment_widget(viewer, image)
-    seg.set_model(args.model)
-    seg.set_device("cpu")
-    if seg.segment(image) is None:
-        print(seg.status.text(), file=sys.stderr)
-        return 1
-    seg.wait()
-    if seg.last_error is not None:
-        print(f"error: {seg.last_error}", file=sys.stderr)
-        return 1
+    viewer, image, contours, seg = open_segmented_sample(args.model, (1500, 980))
     mask = seg.mask_layer_for(image)
     _, widget = viewer.window.add_plugin_dock_widget("napari-sdnet", "SDNet fine-tuning")
     widget.device_combo.setCurrentText("cpu")

@@ -19,35 +19,44 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def open_segmented_sample(model: str, size: tuple[int, int]):
+    """A napari window with the sample study segmented by the segmentation widget (1 thread).
+
+    Returns ``(viewer, image, contours, widget)``; raises SystemExit with the widget's message
+    when segmenting fails. Shared by the screenshot scripts.
+    """
+    import napari
+    import torch
+
+    from napari_sdnet._napari.launch import _show_mid_slice, dock_segment_widget, open_in_viewer
+
+    torch.set_num_threads(1)
+    viewer = napari.Viewer(title="napari-sdnet")
+    viewer.window.resize(*size)
+    layers = open_in_viewer(viewer, None, sample=True)
+    image, contours = layers
+    _show_mid_slice(viewer, layers, sample=True)
+    widget = dock_segment_widget(viewer, image)
+    widget.set_model(model)
+    widget.set_device("cpu")
+    if widget.segment(image) is None:
+        raise SystemExit(widget.status.text())
+    widget.wait()
+    if widget.last_error is not None:
+        raise SystemExit(f"error: {widget.last_error}")
+    return viewer, image, contours, widget
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bundled", help="'bundled' or a .safetensors file")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images")
     args = parser.parse_args(argv)
 
-    import napari
-    import torch
     from qtpy.QtWidgets import QApplication
 
-    from napari_sdnet._napari.launch import _show_mid_slice, dock_segment_widget, open_in_viewer
-
-    torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    viewer = napari.Viewer(title="napari-sdnet")
-    viewer.window.resize(1400, 860)
-    layers = open_in_viewer(viewer, None, sample=True)
-    image, contours = layers
-    _show_mid_slice(viewer, layers, sample=True)
-    widget = dock_segment_widget(viewer, image)
-    widget.set_model(args.model)
-    widget.set_device("cpu")
-    if widget.segment(image) is None:
-        print(widget.status.text(), file=sys.stderr)
-        return 1
-    widget.wait()
-    if widget.last_error is not None:
-        print(f"error: {widget.last_error}", file=sys.stderr)
-        return 1
+    viewer, image, contours, widget = open_segmented_sample(args.model, (1400, 860))
     contours.visible = False
     mask = widget.mask_layer_for(image)
     viewer.layers.selection.active = mask
