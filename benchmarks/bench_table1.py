@@ -165,11 +165,12 @@ PROFILES: dict[str, Profile] = {
 QUICK_ESTIMATE = (
     "Quick profile cost on 1 thread of a 2-core Intel Xeon VM while the other core was busy: "
     "--measure-speed gave 0.13 s (unet), 0.34 s (gan) and 1.0 s (sdnet) per training "
-    "iteration; the real runs at 11 labelled images took 192 s (unet) and 972 s (sdnet, 0.78 "
-    "s per iteration) with loading, 4 validations and the test evaluation. One labelled count "
-    "(3 runs) is thus about 25-30 minutes, and the 15 runs of one seed about 2.5 hours with "
-    "one worker (--threads 1), about 1.3 hours as two workers with --threads 1 each on two "
-    "cores. One process with 2 threads was not measured (the second core was busy)."
+    "iteration; the real runs at 11 labelled images took 192 s (unet), 433 s (gan) and 972 s "
+    "(sdnet, 0.78 s per iteration) with loading, 4 validations and the test evaluation. One "
+    "labelled count (3 runs) is thus about 27 minutes, and the 15 runs of one seed about 2.2 "
+    "hours with one worker (--threads 1), about 1.2 hours as two workers with --threads 1 "
+    "each on two cores. One process with 2 threads was not measured (the second core was "
+    "busy)."
 )
 
 
