@@ -554,8 +554,12 @@ def format_report(
         )
         + f"); seeds {', '.join(str(s) for s in sorted({r['seed'] for r in runs})) or DASH}.",
         "",
-        f"Finished runs: {len(runs)}"
-        + (f" of {len(expected)} asked" if expected else "")
+        f"Finished runs: {len(runs)} in all"
+        + (
+            f" ({len(expected) - len(missing)} of the {len(expected)} this command asked for)"
+            if expected
+            else ""
+        )
         + f"; {seconds / 3600:.2f} hours of training and evaluation in all.",
     ]
     if missing:

@@ -214,6 +214,8 @@ def test_table_with_missing_cells_and_targets(tmp_path):
     assert targets["sdnet_above_unet"] == {68: False, 34: None, 11: True}
     report = bench.format_report(runs, TINY, expected=["sdnet-11-s0", "gan-11-s0"])
     assert "Missing: gan-11-s0." in report
+    n_runs = len(runs)
+    assert f"Finished runs: {n_runs} in all (1 of the 2 this command asked for)" in report
     assert "| SDNet >= paper SDNet | \u2014 | \u2014 | no | \u2014 | yes |" in report
 
     # write_report reads the run files; a broken one is left out, not fatal
