@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_sdnet.errors import InputError
-from napari_sdnet.inference import predict_slices
+from napari_sdnet.inference import SliceOutputs, predict_slices
 from napari_sdnet.model import SDNet, binarise
 from napari_sdnet.training.losses import (
     dice_loss,
@@ -356,10 +356,18 @@ def _augment_masks(masks: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator
 
 
 def validation_dice(
-    model: SDNet, images: np.ndarray, masks: np.ndarray, volume_ids: Sequence[str] | None
+    model: SDNet,
+    images: np.ndarray,
+    masks: np.ndarray,
+    volume_ids: Sequence[str] | None,
+    outputs: SliceOutputs | None = None,
 ) -> float:
-    """Mean hard myocardium Dice, per volume (3D) when ``volume_ids`` is given, else per slice."""
-    prob = predict_slices(model, images, batch_size=32).probability
+    """Mean hard myocardium Dice, per volume (3D) when ``volume_ids`` is given, else per slice.
+
+    ``outputs``: the model's outputs for ``images`` when already computed (not run again).
+    """
+    outputs = outputs if outputs is not None else predict_slices(model, images, batch_size=32)
+    prob = outputs.probability
     pred = prob >= 0.5
     ids = list(volume_ids) if volume_ids is not None else [str(i) for i in range(len(images))]
     scores = []
@@ -369,9 +377,15 @@ def validation_dice(
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def validation_recon_l1(model: SDNet, images: np.ndarray) -> float:
-    """Mean absolute error of the reconstruction g(round(M), Z) against ``images`` ([-1, 1])."""
-    recon = predict_slices(model, images, batch_size=32).reconstruction
+def validation_recon_l1(
+    model: SDNet, images: np.ndarray, outputs: SliceOutputs | None = None
+) -> float:
+    """Mean absolute error of the reconstruction g(round(M), Z) against ``images`` ([-1, 1]).
+
+    ``outputs``: the model's outputs for ``images`` when already computed (not run again).
+    """
+    outputs = outputs if outputs is not None else predict_slices(model, images, batch_size=32)
+    recon = outputs.reconstruction
     return float(np.mean(np.abs(recon - np.asarray(images, np.float32))))
 
 
@@ -558,9 +572,13 @@ def train(
         """Validate, keep the weights if best; True when the selection score improved."""
         nonlocal best_state, best_dice, best_l1, best_score, best_iter
         recalibrate()
-        dice_val = validation_dice(model, data.val_images, data.val_masks, data.val_volume_ids)
+        # one pass over the validation images serves both scores
+        outputs = predict_slices(model, data.val_images, batch_size=32)
+        dice_val = validation_dice(
+            model, data.val_images, data.val_masks, data.val_volume_ids, outputs
+        )
         if sdnet:
-            progress.val_recon_l1 = validation_recon_l1(model, data.val_images)
+            progress.val_recon_l1 = validation_recon_l1(model, data.val_images, outputs)
         _set_train_mode(model)
         score = dice_val if config.select_on == "dice" else -progress.val_recon_l1
         improved = best_score is None or score > best_score
