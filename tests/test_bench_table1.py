@@ -69,16 +69,21 @@ def test_profiles_follow_the_issue():
 def test_benchmark_runs_resumes_and_redoes_broken_runs(h5_root, tmp_path):
     out = tmp_path / "table"
     log: list[str] = []
-    results = bench.run_benchmark(
-        h5_root,
-        TINY,
-        out,
-        models=["unet", "sdnet"],
-        counts=[11],
-        seeds=[0],
-        device="cpu",
-        log=_quiet(log),
-    )
+
+    def run_both() -> dict:
+        """unet and sdnet, 11 labelled images, seed 0, into ``out`` (log lines in ``log``)."""
+        return bench.run_benchmark(
+            h5_root,
+            TINY,
+            out,
+            models=["unet", "sdnet"],
+            counts=[11],
+            seeds=[0],
+            device="cpu",
+            log=_quiet(log),
+        )
+
+    results = run_both()
     runs = out / "runs"
     for name in ("unet-11-s0", "sdnet-11-s0"):
         record = json.loads((runs / f"{name}.json").read_text())
@@ -106,16 +111,7 @@ def test_benchmark_runs_resumes_and_redoes_broken_runs(h5_root, tmp_path):
     # resume: finished runs are skipped (their files are left untouched)
     mtime = (runs / "sdnet-11-s0.json").stat().st_mtime_ns
     log.clear()
-    bench.run_benchmark(
-        h5_root,
-        TINY,
-        out,
-        models=["unet", "sdnet"],
-        counts=[11],
-        seeds=[0],
-        device="cpu",
-        log=_quiet(log),
-    )
+    run_both()
     assert sum("done already" in line for line in log) == 2
     assert not any("training" in line for line in log)
     assert (runs / "sdnet-11-s0.json").stat().st_mtime_ns == mtime
@@ -124,16 +120,7 @@ def test_benchmark_runs_resumes_and_redoes_broken_runs(h5_root, tmp_path):
     (runs / "unet-11-s0.json").write_text('{"format": 1, "model": "unet", "test": {')
     (runs / "unet-11-s0.lock").write_text("nohost 999999999")
     log.clear()
-    bench.run_benchmark(
-        h5_root,
-        TINY,
-        out,
-        models=["unet", "sdnet"],
-        counts=[11],
-        seeds=[0],
-        device="cpu",
-        log=_quiet(log),
-    )
+    run_both()
     assert any(line.startswith("[1/2] unet-11-s0: training") for line in log)
     assert json.loads((runs / "unet-11-s0.json").read_text())["test"]["n_volumes"] == 2
     assert not (runs / "unet-11-s0.lock").exists()
