@@ -29,10 +29,12 @@ from napari_sdnet.training.losses import (
 from napari_sdnet.training.trainer import (
     AugmentConfig,
     FakePool,
+    LossWeights,
     Progress,
     TrainConfig,
     TrainData,
     augment_batch,
+    rampup_factor,
     recalibrate_batchnorm,
     run_to_end,
     train,
@@ -256,6 +258,8 @@ def test_bad_train_config_is_an_input_error():
         TrainConfig(batch_size=0)
     with pytest.raises(InputError, match="at least one"):
         TrainConfig(max_iterations=None, max_epochs=None, max_seconds=None)
+    with pytest.raises(InputError, match="rampup"):
+        TrainConfig(rampup=-1)
 
 
 # ------------------------------------------------------------------------------- the loop
@@ -484,6 +488,43 @@ def test_freeze_prefixes_keep_weights_unchanged(phantom):
     assert model.decomposer.down[1][0][0].weight.requires_grad
 
 
+def test_rampup_factor_rises_to_one():
+    assert rampup_factor(0, 0) == 1.0 and rampup_factor(10, 0) == 1.0
+    values = [rampup_factor(i, 100) for i in range(0, 101, 10)]
+    assert values[0] == pytest.approx(math.exp(-5.0))
+    assert all(a < b for a, b in zip(values[:-1], values[1:], strict=False))
+    assert values[-1] == 1.0 and rampup_factor(1000, 100) == 1.0
+
+
+def test_rampup_scales_only_the_unsupervised_and_adversarial_terms(phantom):
+    """At the start of a ramp the unlabelled loss is ~exp(-5) of the unramped one, while the
+    labelled Dice term is untouched."""
+
+    def first_losses(rampup: int) -> dict[str, float]:
+        cfg = TrainConfig(max_iterations=1, rampup=rampup, augment=NO_AUG, bn_recalibration=0)
+        return next(train(_tiny_model(0), _small_data(phantom, validation=False), cfg)).losses
+
+    plain, ramped = first_losses(0), first_losses(1000)
+    assert ramped["unlabelled"] == pytest.approx(plain["unlabelled"] * math.exp(-5.0), rel=1e-4)
+    assert ramped["dice_loss"] == pytest.approx(plain["dice_loss"])
+    assert ramped["labelled"] < plain["labelled"]
+
+
+def test_zero_weight_adversarial_terms_leave_their_discriminator_alone(phantom):
+    """Mask adversarial weights of 0 (fine-tuning): the mask discriminator is neither run nor
+    trained, though not frozen; the image discriminator still trains."""
+    model = _tiny_model(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    model.mask_discriminator.register_forward_hook(lambda *args: calls.append(1))
+    cfg = TrainConfig(max_iterations=3, weights=LossWeights(adv_mask=0.0, unl_adv_mask=0.0))
+    run_to_end(train(model, _small_data(phantom, validation=False), cfg))
+    after = model.state_dict()
+    assert not calls
+    assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("mask_disc"))
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("image_disc"))
+
+
 MASK_PATH = ("decomposer.down", "decomposer.bottleneck", "decomposer.up", "decomposer.mask_head")
 
 
@@ -694,6 +735,8 @@ def test_train_command_on_phantom_nifti(phantom_acdc, tmp_path, capsys):
         "cpu",
         "--threads",
         "1",
+        "--rampup",
+        "3",
         "-o",
         str(out),
     ]
@@ -707,6 +750,7 @@ def test_train_command_on_phantom_nifti(phantom_acdc, tmp_path, capsys):
     assert t["data"] == phantom_acdc.name and t["layout"] == "acdc_nifti"
     assert t["labelled"] == 4 and t["unlabelled"] == 14 and t["iterations"] == 6
     assert t["seed"] == 0 and t["device"].startswith("cpu") and t["seconds"] > 0
+    assert t["rampup"] == 3
     assert info.metrics["val_iteration"] == 6 and 0 <= info.metrics["val_dice"] <= 1
     # An existing output is refused before any work, in one line.
     assert main(argv) == 2
@@ -743,6 +787,7 @@ def test_train_command_on_phantom_nifti(phantom_acdc, tmp_path, capsys):
     info2 = load_checkpoint(out2)[1]
     assert info2.model_type == "unet" and info2.training["unlabelled"] == 0
     assert info2.metrics == {} and info2.training["augment"] is False
+    assert "rampup" not in info2.training
     assert "no validation" in capsys.readouterr().err
 
 

@@ -534,6 +534,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         freeze=tuple(args.freeze),
         select_on=args.select_on,
         reinit=tuple(args.reinit),
+        rampup=args.rampup,
         on_data=on_data,
     )
     bar = tqdm(desc="train", unit="it", file=sys.stderr, disable=None, leave=False)
@@ -701,6 +702,15 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         metavar="PREFIX",
         help="with --init: parameter-name prefix whose weights start afresh (repeatable), "
         "e.g. reconstructor",
+    )
+    p.add_argument(
+        "--rampup",
+        type=int,
+        default=0,
+        metavar="N",
+        help="iterations over which the unsupervised and adversarial loss weights ramp up "
+        "from ~0 (default 0: none, as the paper); e.g. one epoch when training from scratch "
+        "on very few labels",
     )
     p.add_argument(
         "--select-on",

@@ -301,6 +301,7 @@ def train_model(
     freeze: Sequence[str] = (),
     select_on: str = "dice",
     reinit: Sequence[str] = (),
+    rampup: int = 0,
     on_data: Any = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a model of ``preset`` on ``data_dir`` and write its best weights to ``output``.
@@ -316,6 +317,8 @@ def train_model(
     ``"reconstruction"``) are :class:`TrainConfig`'s, e.g. to fit only the Z head and the
     reconstructor of a trained segmenter (``docs/training.md``). ``reinit`` (with ``init``):
     parameter-name prefixes whose weights start afresh (seeded) instead of from ``init``.
+    ``rampup``: iterations over which the unsupervised and adversarial terms ramp up
+    (:class:`TrainConfig`).
 
     On ``KeyboardInterrupt`` (raised inside, or thrown in with ``generator.throw``) training
     stops, the best weights so far are written anyway and the result says ``"interrupted"``.
@@ -367,6 +370,7 @@ def train_model(
         augment=AugmentConfig(enabled=augment),
         freeze=tuple(freeze),
         select_on=select_on,
+        rampup=rampup,
     )
     preprocess = preprocess_config_for(model_config)
     data, desc = build_train_data(
@@ -437,6 +441,8 @@ def train_model(
         training["reinit"] = list(reinit)
     if select_on != "dice":
         training["select_on"] = select_on
+    if rampup:
+        training["rampup"] = rampup
     if init is not None:
         training["init"] = {
             "model": Path(init).name,

@@ -103,6 +103,12 @@ class TrainConfig:
     # without a better one) or "reconstruction" (lowest validation L1 of g(round(M), Z) against
     # the image; sdnet only), e.g. to fit the reconstructor with the mask path frozen.
     select_on: str = "dice"
+    # Iterations over which the unsupervised and adversarial loss weights (all terms but the
+    # Dice and the labelled reconstructions) rise from ~0 to their values, along
+    # exp(-5 (1 - t)^2) (the ramp-up of Laine & Aila, ICLR 2017). 0: no ramp (the paper).
+    # Keeps a model trained from scratch on very few labels from being taken over by the
+    # unlabelled terms before it segments at all (measured: docs/benchmarks.md, Table 1).
+    rampup: int = 0
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -122,6 +128,8 @@ class TrainConfig:
             )
         if self.max_iterations is None and self.max_epochs is None and self.max_seconds is None:
             raise InputError("give at least one of max_iterations, max_epochs, max_seconds")
+        if self.rampup < 0:
+            raise InputError(f"rampup must be >= 0 iterations, got {self.rampup}")
 
 
 @dataclass
@@ -398,6 +406,15 @@ def _set_requires_grad(params: Sequence[torch.nn.Parameter], flag: bool) -> None
         param.requires_grad_(flag)
 
 
+def rampup_factor(iteration: int, rampup: int) -> float:
+    """Weight factor of the unsupervised/adversarial terms at ``iteration`` (0-based):
+    ``exp(-5 (1 - t)^2)`` with ``t = iteration / rampup``, then 1 (``rampup`` 0: always 1)."""
+    if rampup <= 0 or iteration >= rampup:
+        return 1.0
+    t = iteration / rampup
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
 def _set_train_mode(model: SDNet) -> None:
     """Train mode, except BatchNorm layers whose parameters are all frozen: those stay in eval
     mode so that their running statistics (part of the weights) do not change either."""
@@ -525,6 +542,9 @@ def train(
     pool_m = FakePool(config.pool_size, gen)
     pool_x = FakePool(config.pool_size, gen)
     w = config.weights
+    # Adversarial terms in use (a weight of 0 skips the discriminator altogether).
+    use_mask_adv = gan and (w.adv_mask > 0 or w.unl_adv_mask > 0)
+    use_image_adv = sdnet and (w.adv_image > 0 or w.unl_adv_image > 0)
     has_val = data.val_images is not None and len(data.val_images) > 0
     # Evenly spread training images for BatchNorm recalibration (no randomness used).
     pool_images = [np.asarray(data.labelled_images)]
@@ -592,11 +612,13 @@ def train(
         progress.best_iteration = best_iter
         return improved
 
-    def run_iteration() -> dict[str, float] | None:
+    def run_iteration(ramp: float) -> dict[str, float] | None:
         """G step (unlabelled), G step (labelled), D step; the losses, or None if not finite.
 
-        A function of its own so that no device tensor outlives the iteration (except the
-        pools of fakes).
+        ``ramp`` scales the unsupervised and adversarial terms (``TrainConfig.rampup``). Terms
+        whose weight is 0 (e.g. the mask adversarial ones when fine-tuning) are not computed,
+        and a discriminator that no term uses is not trained. A function of its own so that no
+        device tensor outlives the iteration (except the pools of fakes).
         """
         losses: dict[str, float] = {}
         fake_m: list[torch.Tensor] = []
@@ -606,16 +628,21 @@ def train(
         _set_requires_grad(d_params, False)
         try:
             # ---- generator step on an unlabelled batch
-            if unl_stream is not None:
+            if unl_stream is not None and (use_mask_adv or sdnet):
                 xu, _ = batch(unl_x, unl_stream.next())
                 with autocast():
                     mu, zu = model.decomposer(xu)
-                    loss = w.unl_adv_mask * lsgan_generator_loss(model.mask_discriminator(mu))
+                    loss = xu.new_zeros((), dtype=torch.float32)
+                    if use_mask_adv:
+                        adv_m = lsgan_generator_loss(model.mask_discriminator(mu))
+                        loss = loss + ramp * w.unl_adv_mask * adv_m
                     if sdnet:
                         recon_u = model.reconstructor(binarise(mu), zu)
                         l1 = F.l1_loss(recon_u.float(), xu.float())
-                        adv_x = lsgan_generator_loss(model.image_discriminator(recon_u))
-                        loss = loss + w.unl_recon * l1 + w.unl_adv_image * adv_x
+                        loss = loss + ramp * w.unl_recon * l1
+                        if use_image_adv:
+                            adv_x = lsgan_generator_loss(model.image_discriminator(recon_u))
+                            loss = loss + ramp * w.unl_adv_image * adv_x
                         losses["unl_recon_l1"] = l1.item()
                         fake_x.append(recon_u.detach())
                         real_x.append(xu)
@@ -629,15 +656,18 @@ def train(
                 m, z = model.decomposer(xl)
                 dice = dice_loss(m, ml)
                 loss = w.dice * dice
-                if gan:
-                    loss = loss + w.adv_mask * lsgan_generator_loss(model.mask_discriminator(m))
+                if use_mask_adv:
+                    adv_m = lsgan_generator_loss(model.mask_discriminator(m))
+                    loss = loss + ramp * w.adv_mask * adv_m
                 if sdnet:
                     recon_gt = model.reconstructor(ml, z)
                     recon = model.reconstructor(binarise(m), z)
                     l1_gt = F.l1_loss(recon_gt.float(), xl.float())
                     l1 = F.l1_loss(recon.float(), xl.float())
-                    adv_x = lsgan_generator_loss(model.image_discriminator(recon_gt))
-                    loss = loss + w.recon_gt * l1_gt + w.recon * l1 + w.adv_image * adv_x
+                    loss = loss + w.recon_gt * l1_gt + w.recon * l1
+                    if use_image_adv:
+                        adv_x = lsgan_generator_loss(model.image_discriminator(recon_gt))
+                        loss = loss + ramp * w.adv_image * adv_x
                     losses["recon_l1"] = l1.item()
                     fake_x.append(recon_gt.detach())
                     real_x.append(xl)
@@ -648,16 +678,18 @@ def train(
             fake_m.append(m.detach())
         finally:
             _set_requires_grad(d_params, True)
-        # ---- discriminator step (both discriminators)
-        if gan and opt_d is not None:
-            real_mb = real_m[real_stream.next()][:, None].to(device)
-            real_mb = _augment_masks(real_mb, config.augment, gen)
+        # ---- discriminator step (those that a generator term uses)
+        if opt_d is not None and (use_mask_adv or use_image_adv):
             with autocast():
-                fm = pool_m.query(torch.cat(fake_m))
-                d_loss = lsgan_discriminator_loss(
-                    model.mask_discriminator(real_mb), model.mask_discriminator(fm)
-                )
-                if sdnet:
+                d_loss = torch.zeros((), device=device)
+                if use_mask_adv:
+                    real_mb = real_m[real_stream.next()][:, None].to(device)
+                    real_mb = _augment_masks(real_mb, config.augment, gen)
+                    fm = pool_m.query(torch.cat(fake_m))
+                    d_loss = d_loss + lsgan_discriminator_loss(
+                        model.mask_discriminator(real_mb), model.mask_discriminator(fm)
+                    )
+                if use_image_adv:
                     fx = pool_x.query(torch.cat(fake_x))
                     d_loss = d_loss + lsgan_discriminator_loss(
                         model.image_discriminator(torch.cat(real_x)),
@@ -676,7 +708,7 @@ def train(
         while max_iter is None or iteration < max_iter:
             # Grad mode is per thread: a caller (a reused worker thread) may have left it off.
             torch.set_grad_enabled(True)
-            losses = run_iteration()
+            losses = run_iteration(rampup_factor(iteration, config.rampup))
             if losses is None:
                 stop_reason = "diverged"
                 break
