@@ -7,10 +7,19 @@ fine-tune with a time budget through ``api.finetune`` (the code path of the widg
 slices (pooled over those slices = 3D Dice of that part, and the per-slice mean) before and
 after, with the time taken. The N given slices are spread evenly over the contoured ones.
 
+``--study acdc-val`` does the same on the first K volumes of the ACDC H5 VALIDATION split
+(``--volumes K``; never the test split): a second check of the fine-tuning settings, which
+were chosen on the Sunnybrook study. Each volume is one 3D study (every slice with myocardium
+counts as contoured; H5 pixels taken as 1.5 mm); the table reports the mean over volumes.
+``--steps`` replaces the time budget by a step budget (results independent of the machine's
+load), ``--lr-schedule`` compares the learning-rate schedules.
+
 Usage::
 
     .venv/bin/python benchmarks/bench_finetune.py [--model bundled] [--n 1 2 4]
-        [--seconds 60] [--seeds 0 1 2] [--threads 2] [--json out.json]
+        [--seconds 60 | --steps 150] [--seeds 0 1 2] [--threads 2] [--json out.json]
+    .venv/bin/python benchmarks/bench_finetune.py --study acdc-val --volumes 6 --n 2 \
+        --steps 150 --lr-schedule constant --threads 1
 """
 
 from __future__ import annotations
@@ -35,13 +44,44 @@ def _scores(mask: np.ndarray, gt: np.ndarray, slices: list[tuple[int, int]]) -> 
     }
 
 
+def _sunnybrook(data: Path):
+    """The Sunnybrook study: (name, image (t, z, y, x), gt, spacing, contoured (z, t))."""
+    from napari_sdnet.io.nifti import read_nifti
+
+    root = data / "sunnybrook"
+    vol = read_nifti(root / "SCD0000101_4d.nii.gz")
+    gt = read_nifti(root / "SCD0000101_4d_gt.nii.gz").data
+    info = json.loads((root / "SCD0000101_labelled.json").read_text())
+    contoured = [(int(z), int(t)) for z, t in info["myocardium_frames_zt"]]
+    yield "SCD0000101", vol.data, gt, vol.geometry.spacing, contoured
+
+
+def _acdc_val(data: Path, volumes: int):
+    """The first ``volumes`` ACDC H5 validation volumes, each as a one-frame 4D study."""
+    import h5py
+
+    root = data / "acdc_h5"
+    names = (root / "val.list").read_text().split()[:volumes]
+    for name in names:
+        with h5py.File(root / "data" / f"{name}.h5", "r") as f:
+            image = np.asarray(f["image"][()], np.float32)[None]
+            gt = np.asarray(f["label"][()], np.uint8)[None]
+        contoured = [(z, 0) for z in range(gt.shape[1]) if (gt[0, z] == 2).any()]
+        yield name, image, gt, (10.0, 1.5, 1.5), contoured
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--data", type=Path,
                         default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--study", choices=("sunnybrook", "acdc-val"), default="sunnybrook")
+    parser.add_argument("--volumes", type=int, default=6, help="acdc-val: volumes used")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--steps", type=int, default=None, help="step budget instead of time")
+    parser.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
+                        help="default: the API's (api.FINETUNE_SCHEDULE)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="fine-tuning seeds (batch order, augmentation); one run per seed")
     parser.add_argument("--threads", type=int, default=None)
@@ -52,50 +92,55 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from napari_sdnet import api
-    from napari_sdnet.io.nifti import read_nifti
 
-    root = args.data / "sunnybrook"
-    vol = read_nifti(root / "SCD0000101_4d.nii.gz")
-    gt = read_nifti(root / "SCD0000101_4d_gt.nii.gz").data
-    info = json.loads((root / "SCD0000101_labelled.json").read_text())
-    contoured = [(int(z), int(t)) for z, t in info["myocardium_frames_zt"]]
-    spacing = vol.geometry.spacing
+    schedule = args.lr_schedule or api.FINETUNE_SCHEDULE
+    budget = {"steps": args.steps} if args.steps else {"seconds": args.seconds}
     model = api.load_model(args.model, device="cpu")
-    t0 = time.perf_counter()
-    base_mask = api.segment(model, vol.data, spacing).mask
-    seg_seconds = time.perf_counter() - t0
-    results = {"model": args.model, "budget_seconds": args.seconds,
-               "threads": torch.get_num_threads(), "segment_seconds": round(seg_seconds, 1),
-               "runs": []}
-    print(f"study {vol.data.shape}, {len(contoured)} contoured slices; segmentation "
-          f"{seg_seconds:.1f} s")
-    for n in args.n:
-        picks = np.linspace(0, len(contoured) - 1, n + 2)[1:-1] if n < len(contoured) else []
-        given = [contoured[int(round(i))] for i in picks]
-        others = [s for s in contoured if s not in given]
-        labels = np.zeros(gt.shape, np.uint8)
-        for z, t in given:
-            labels[t, z] = np.where(gt[t, z] == 2, 2, 0)
-        before = _scores(base_mask, gt, others)
-        for seed in args.seeds:
-            start = time.perf_counter()
-            new = api.run(api.finetune(model, vol.data, labels, spacing, seconds=args.seconds,
-                                       seed=seed))
-            tune_seconds = time.perf_counter() - start
-            after_mask = api.segment(new, vol.data, spacing).mask
-            total = time.perf_counter() - start
-            after = _scores(after_mask, gt, others)
-            steps = new.info.training["finetuned"][-1]["steps"]
-            row = {"n_given": n, "seed": seed, "given_zt": given, "n_evaluated": len(others),
-                   "before": before, "after": after, "steps": steps,
-                   "finetune_seconds": round(tune_seconds, 1),
-                   "finetune_plus_resegment_seconds": round(total, 1)}
-            results["runs"].append(row)
-            print(f"N={n} seed {seed} given {given}: Dice on the other {len(others)} contoured "
-                  f"slices {before['pooled']:.3f} -> {after['pooled']:.3f} (per-slice "
-                  f"{before['per_slice']:.3f} -> {after['per_slice']:.3f}); fine-tune "
-                  f"{steps} steps in {tune_seconds:.0f} s, with re-segmentation {total:.0f} s",
-                  flush=True)
+    results = {"model": args.model, "study": args.study, "budget": budget,
+               "lr": api.FINETUNE_LR, "lr_schedule": schedule,
+               "threads": torch.get_num_threads(), "runs": []}
+    studies = (_sunnybrook(args.data) if args.study == "sunnybrook"
+               else _acdc_val(args.data, args.volumes))
+    gains: dict[int, list[float]] = {}
+    for name, image, gt, spacing, contoured in studies:
+        t0 = time.perf_counter()
+        base_mask = api.segment(model, image, spacing).mask
+        seg_seconds = time.perf_counter() - t0
+        print(f"{name} {image.shape}, {len(contoured)} contoured slices; segmentation "
+              f"{seg_seconds:.1f} s", flush=True)
+        for n in args.n:
+            if n >= len(contoured):
+                continue
+            picks = np.linspace(0, len(contoured) - 1, n + 2)[1:-1]
+            given = [contoured[int(round(i))] for i in picks]
+            others = [s for s in contoured if s not in given]
+            labels = np.zeros(gt.shape, np.uint8)
+            for z, t in given:
+                labels[t, z] = np.where(gt[t, z] == 2, 2, 0)
+            before = _scores(base_mask, gt, others)
+            for seed in args.seeds:
+                start = time.perf_counter()
+                new = api.run(api.finetune(model, image, labels, spacing, seed=seed,
+                                           lr_schedule=schedule, **budget))
+                tune_seconds = time.perf_counter() - start
+                after_mask = api.segment(new, image, spacing).mask
+                total = time.perf_counter() - start
+                after = _scores(after_mask, gt, others)
+                steps = new.info.training["finetuned"][-1]["steps"]
+                gains.setdefault(n, []).append(after["pooled"] - before["pooled"])
+                row = {"study": name, "n_given": n, "seed": seed, "given_zt": given,
+                       "n_evaluated": len(others), "before": before, "after": after,
+                       "steps": steps, "finetune_seconds": round(tune_seconds, 1),
+                       "finetune_plus_resegment_seconds": round(total, 1)}
+                results["runs"].append(row)
+                print(f"{name} N={n} seed {seed} given {given}: Dice on the other "
+                      f"{len(others)} contoured slices {before['pooled']:.3f} -> "
+                      f"{after['pooled']:.3f} (per-slice {before['per_slice']:.3f} -> "
+                      f"{after['per_slice']:.3f}); fine-tune {steps} steps in "
+                      f"{tune_seconds:.0f} s, with re-segmentation {total:.0f} s", flush=True)
+    results["mean_gain"] = {str(n): round(float(np.mean(g)), 4) for n, g in gains.items()}
+    for n, g in gains.items():
+        print(f"N={n}: mean Dice gain {np.mean(g):+.4f} over {len(g)} runs ({schedule} lr)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
         print(f"wrote {args.json}")

@@ -184,8 +184,13 @@ def test_finetune_writes_a_loadable_model(files, tmp_path, capsys):
     assert record["steps"] == 2 and record["labelled_slices"] == 6
     assert record["base_model"] == str(files["model"])
     assert record["lr"] == api.FINETUNE_LR  # the widget's and the API's default
+    assert record["lr_schedule"] == api.FINETUNE_SCHEDULE == "cosine"
     assert main(args) == 2  # exists
     _one_line_error(capsys, "finetune")
+    out2 = tmp_path / "ft_constant.safetensors"
+    assert main([*args[:-1], str(out2), "--lr-schedule", "constant"]) == 0
+    capsys.readouterr()
+    assert api.load_model(out2).info.training["finetuned"][-1]["lr_schedule"] == "constant"
     assert main(["info", str(out)]) == 0
     assert "finetuned" in capsys.readouterr().out
 

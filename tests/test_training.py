@@ -510,6 +510,23 @@ def test_rampup_scales_only_the_unsupervised_and_adversarial_terms(phantom):
     assert ramped["labelled"] < plain["labelled"]
 
 
+def test_cosine_lr_schedule_decays_to_zero(phantom, monkeypatch):
+    seen: list[float] = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, *args, **kwargs):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    cfg = TrainConfig(model_type="unet", max_iterations=4, lr=1e-3, lr_schedule="cosine")
+    run_to_end(train(_tiny_model(0), _small_data(phantom, validation=False), cfg))
+    expected = [0.5e-3 * (1 + math.cos(math.pi * i / 4)) for i in range(4)]
+    assert seen == pytest.approx(expected)
+    with pytest.raises(InputError, match="lr schedule"):
+        TrainConfig(lr_schedule="step")
+
+
 def test_zero_weight_adversarial_terms_leave_their_discriminator_alone(phantom):
     """Mask adversarial weights of 0 (fine-tuning): the mask discriminator is neither run nor
     trained, though not frozen; the image discriminator still trains."""

@@ -303,6 +303,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         seconds=seconds,
         steps=steps,
         lr=api.FINETUNE_LR if args.lr is None else args.lr,
+        lr_schedule=args.lr_schedule,
         freeze=tuple(args.freeze),
         device=args.device,
         batch_size=args.batch_size,
@@ -442,6 +443,12 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="learning rate (default: api.FINETUNE_LR, 3e-4)",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        choices=("cosine", "constant"),
+        default="cosine",
+        help="cosine (default): the rate falls to 0 at the end of the budget; or constant",
     )
     p.add_argument(
         "--freeze",

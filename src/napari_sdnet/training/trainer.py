@@ -41,6 +41,7 @@ from napari_sdnet.training.losses import (
 
 MODEL_TYPES = ("sdnet", "unet", "gan")
 SELECT_ON = ("dice", "reconstruction")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -109,6 +110,10 @@ class TrainConfig:
     # Keeps a model trained from scratch on very few labels from being taken over by the
     # unlabelled terms before it segments at all (measured: docs/benchmarks.md, Table 1).
     rampup: int = 0
+    # Learning rate over the budget: "constant" (the paper) or "cosine" (from lr down to 0 at
+    # the end of the budget, measured in iterations or, with max_seconds, in time, whichever
+    # is further along; used by fine-tuning, whose result is the last weights).
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -128,6 +133,11 @@ class TrainConfig:
             )
         if self.max_iterations is None and self.max_epochs is None and self.max_seconds is None:
             raise InputError("give at least one of max_iterations, max_epochs, max_seconds")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(
+                f"unknown lr schedule {self.lr_schedule!r}; choose one of "
+                f"{', '.join(LR_SCHEDULES)}"
+            )
         if self.rampup < 0:
             raise InputError(f"rampup must be >= 0 iterations, got {self.rampup}")
 
@@ -708,6 +718,14 @@ def train(
         while max_iter is None or iteration < max_iter:
             # Grad mode is per thread: a caller (a reused worker thread) may have left it off.
             torch.set_grad_enabled(True)
+            if config.lr_schedule == "cosine":
+                done = iteration / max_iter if max_iter else 0.0
+                if config.max_seconds is not None:
+                    done = max(done, (time.perf_counter() - start) / config.max_seconds)
+                lr = 0.5 * config.lr * (1.0 + math.cos(math.pi * min(done, 1.0)))
+                for opt in (opt_g, opt_d):
+                    for group in opt.param_groups if opt is not None else ():
+                        group["lr"] = lr
             losses = run_iteration(rampup_factor(iteration, config.rampup))
             if losses is None:
                 stop_reason = "diverged"
