@@ -785,6 +785,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="real masks for the mask discriminator (default: all, as the paper)",
     )
     parser.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="train all three models without augmentation (the paper states none; own "
+        "output folder, table1-<profile>-noaug)",
+    )
+    parser.add_argument(
         "--report",
         action="store_true",
         help="only rebuild results.json and table1.md from the finished runs",
@@ -806,7 +812,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     if args.real_masks is not None and args.real_masks != profile.real_masks:
         profile = Profile(**{**asdict(profile), "real_masks": args.real_masks})
+    if args.no_augment:
+        profile = Profile(**{**asdict(profile), "augment": False})
     suffix = "-labelled-masks" if profile.real_masks == "labelled" else ""
+    suffix += "" if profile.augment else "-noaug"
     out = args.out or REPO_ROOT / "runs" / f"table1-{profile.name}{suffix}"
     if args.measure_speed is not None:
         speed = measure_speed(
