@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="step budget instead of time")
     parser.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
                         help="default: the API's (api.FINETUNE_SCHEDULE)")
+    parser.add_argument("--freeze", nargs="*", default=[], metavar="PREFIX",
+                        help="parameter-name prefixes not to fine-tune")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="fine-tuning seeds (batch order, augmentation); one run per seed")
     parser.add_argument("--threads", type=int, default=None)
@@ -97,7 +99,7 @@ def main() -> None:
     budget = {"steps": args.steps} if args.steps else {"seconds": args.seconds}
     model = api.load_model(args.model, device="cpu")
     results = {"model": args.model, "study": args.study, "budget": budget,
-               "lr": api.FINETUNE_LR, "lr_schedule": schedule,
+               "lr": api.FINETUNE_LR, "lr_schedule": schedule, "freeze": args.freeze,
                "threads": torch.get_num_threads(), "runs": []}
     studies = (_sunnybrook(args.data) if args.study == "sunnybrook"
                else _acdc_val(args.data, args.volumes))
@@ -121,7 +123,8 @@ def main() -> None:
             for seed in args.seeds:
                 start = time.perf_counter()
                 new = api.run(api.finetune(model, image, labels, spacing, seed=seed,
-                                           lr_schedule=schedule, **budget))
+                                           lr_schedule=schedule, freeze=args.freeze,
+                                           **budget))
                 tune_seconds = time.perf_counter() - start
                 after_mask = api.segment(new, image, spacing).mask
                 total = time.perf_counter() - start

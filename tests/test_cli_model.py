@@ -191,6 +191,12 @@ def test_finetune_writes_a_loadable_model(files, tmp_path, capsys):
     assert main([*args[:-1], str(out2), "--lr-schedule", "constant"]) == 0
     capsys.readouterr()
     assert api.load_model(out2).info.training["finetuned"][-1]["lr_schedule"] == "constant"
+    # without a budget: the API's default step budget, said on stderr
+    out3 = tmp_path / "ft_default.safetensors"
+    no_budget = [a for a in args if a not in ("--steps", "2")]
+    assert main([*no_budget[:-1], str(out3)]) == 0
+    assert f"{api.FINETUNE_STEPS} steps" in capsys.readouterr().err
+    assert api.load_model(out3).info.training["finetuned"][-1]["steps"] == api.FINETUNE_STEPS
     assert main(["info", str(out)]) == 0
     assert "finetuned" in capsys.readouterr().out
 

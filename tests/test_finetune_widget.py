@@ -81,6 +81,9 @@ def test_finetune_keeps_edited_slices_undo_and_save(
 
     before = np.array(mask.data, copy=True)
     messages.clear()
+    # the default budget is the API's step budget (the same result on any machine)
+    assert widget.budget_kind.currentText() == "steps"
+    assert widget.budget_value.value() == api.FINETUNE_STEPS
     widget.set_budget(steps=2)
     worker = widget.finetune()
     assert worker is not None and widget.run_button.text() == "Stop"

@@ -838,10 +838,13 @@ def _painted_slices(labels: Any, image_shape: tuple[int, ...]) -> np.ndarray:
     return lab.astype(np.uint8)
 
 
-#: Fine-tuning defaults shared by the API, the CLI and the widget. lr 3e-4 was chosen on the
-#: Sunnybrook study with 2 given slices (docs/benchmarks.md): 1e-4 barely moved the model in
-#: 150 steps (+0.010 Dice), 1e-3 overshot (-0.006), 3e-4 gave +0.042.
-FINETUNE_SECONDS = 60.0
+#: Fine-tuning defaults shared by the API, the CLI and the widget (docs/benchmarks.md).
+#: The budget is a number of steps, about a minute on an idle 2-core CPU and seconds on a GPU,
+#: so that the result does not depend on the machine: a minute on a GPU would be thousands of
+#: steps, and many steps over-fit a few painted slices (Sunnybrook, 2 given slices: 314 steps
+#: +0.020 Dice, 150 steps +0.030). lr 3e-4 was chosen on the Sunnybrook study with 2 given
+#: slices: 1e-4 barely moved the model in 150 steps, 1e-3 overshot.
+FINETUNE_STEPS = 150
 FINETUNE_LR = 3e-4
 #: The learning rate falls from ``lr`` to 0 along a cosine over the budget (time or steps),
 #: so the returned (last) weights are not those of a mid-stride Adam step. Measured on the

@@ -271,9 +271,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     _check_new_file(args.output, args.overwrite, "model")
     seconds, steps = args.seconds, args.steps
     if seconds is None and steps is None:
-        seconds = api.FINETUNE_SECONDS
+        steps = api.FINETUNE_STEPS
         print(
-            f"napari-sdnet finetune: no --seconds/--steps given; training for {seconds:g} s",
+            f"napari-sdnet finetune: no --seconds/--steps given; training for {steps} steps",
             file=sys.stderr,
         )
     image = read_nifti(args.image)
@@ -436,8 +436,16 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         help="labels on the image's grid; slices with myocardium (2) painted are used",
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="new model (.safetensors)")
-    p.add_argument("--seconds", type=float, default=None, help="time budget (default 60 s)")
-    p.add_argument("--steps", type=int, default=None, help="iteration budget")
+    p.add_argument(
+        "--seconds", type=float, default=None, help="time budget (with --steps: a cap)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="step budget (default without --seconds: api.FINETUNE_STEPS, 150, about a "
+        "minute on 2 CPU cores)",
+    )
     p.add_argument(
         "--lr",
         type=float,

@@ -57,7 +57,7 @@ from napari_sdnet._napari._common import (
     is_out_of_memory,
 )
 from napari_sdnet._napari._state import SegmentationRecord, data_digests, get_state, unwrap
-from napari_sdnet.api import FINETUNE_LR, FINETUNE_SECONDS
+from napari_sdnet.api import FINETUNE_LR, FINETUNE_STEPS
 from napari_sdnet.errors import SDNetError
 
 WIDGET_NAME = "SDNet fine-tuning"
@@ -282,9 +282,13 @@ class FinetuneWidget(MessagesMixin, QWidget):
         budget = QHBoxLayout()
         self.budget_value = QSpinBox()
         self.budget_value.setRange(1, 1_000_000)
-        self.budget_value.setValue(int(FINETUNE_SECONDS))
+        self.budget_value.setValue(FINETUNE_STEPS)
         self.budget_kind = QComboBox()
-        self.budget_kind.addItems([BUDGET_SECONDS, BUDGET_STEPS])
+        self.budget_kind.addItems([BUDGET_STEPS, BUDGET_SECONDS])
+        self.budget_kind.setToolTip(
+            f"{FINETUNE_STEPS} steps take about a minute on 2 CPU cores, seconds on a GPU; "
+            "more steps can over-fit the painted slices"
+        )
         budget.addWidget(self.budget_value)
         budget.addWidget(self.budget_kind)
         settings.addRow("budget", budget)
