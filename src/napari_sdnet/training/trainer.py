@@ -425,6 +425,11 @@ def rampup_factor(iteration: int, rampup: int) -> float:
     return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
+def cosine_lr(lr: float, done: float) -> float:
+    """The cosine schedule's rate when ``done`` (0-1) of the budget is spent: ``lr`` -> 0."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(max(done, 0.0), 1.0)))
+
+
 def _set_train_mode(model: SDNet) -> None:
     """Train mode, except BatchNorm layers whose parameters are all frozen: those stay in eval
     mode so that their running statistics (part of the weights) do not change either."""
@@ -722,9 +727,9 @@ def train(
                 done = iteration / max_iter if max_iter else 0.0
                 if config.max_seconds is not None:
                     done = max(done, (time.perf_counter() - start) / config.max_seconds)
-                lr = 0.5 * config.lr * (1.0 + math.cos(math.pi * min(done, 1.0)))
-                for opt in (opt_g, opt_d):
-                    for group in opt.param_groups if opt is not None else ():
+                lr = cosine_lr(config.lr, done)
+                for opt in filter(None, (opt_g, opt_d)):
+                    for group in opt.param_groups:
                         group["lr"] = lr
             losses = run_iteration(rampup_factor(iteration, config.rampup))
             if losses is None:
