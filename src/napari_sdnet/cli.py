@@ -303,7 +303,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         seconds=seconds,
         steps=steps,
         lr=api.FINETUNE_LR if args.lr is None else args.lr,
-        lr_schedule=args.lr_schedule,
+        lr_schedule=args.lr_schedule or api.FINETUNE_SCHEDULE,
         freeze=tuple(args.freeze),
         device=args.device,
         batch_size=args.batch_size,
@@ -455,8 +455,9 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lr-schedule",
         choices=("cosine", "constant"),
-        default="cosine",
-        help="cosine (default): the rate falls to 0 at the end of the budget; or constant",
+        default=None,
+        help="cosine (default, api.FINETUNE_SCHEDULE): the rate falls to 0 at the end of the "
+        "budget; or constant",
     )
     p.add_argument(
         "--freeze",
