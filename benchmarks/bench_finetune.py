@@ -58,16 +58,15 @@ def _sunnybrook(data: Path):
 
 def _acdc_val(data: Path, volumes: int):
     """The first ``volumes`` ACDC H5 validation volumes, each as a one-frame 4D study."""
-    import h5py
+    from itertools import islice
 
-    root = data / "acdc_h5"
-    names = (root / "val.list").read_text().split()[:volumes]
-    for name in names:
-        with h5py.File(root / "data" / f"{name}.h5", "r") as f:
-            image = np.asarray(f["image"][()], np.float32)[None]
-            gt = np.asarray(f["label"][()], np.uint8)[None]
+    from napari_sdnet.io.datasets import iter_acdc_h5
+
+    for record in islice(iter_acdc_h5(data / "acdc_h5", split="val"), volumes):
+        image = np.asarray(record.image, np.float32)[None]
+        gt = np.asarray(record.labels, np.uint8)[None]
         contoured = [(z, 0) for z in range(gt.shape[1]) if (gt[0, z] == 2).any()]
-        yield name, image, gt, (10.0, 1.5, 1.5), contoured
+        yield record.volume_id, image, gt, (10.0, 1.5, 1.5), contoured
 
 
 def main() -> None:
