@@ -2,22 +2,23 @@
 
 Starting from a model (default: the bundled one) on the Sunnybrook SC-HF-I-1 cine study (GE,
 never seen in training), give it the expert myocardium on N of the study's contoured slices,
-fine-tune with a time budget through ``api.finetune`` (the code path of the widget and of
-``napari-sdnet finetune``), re-segment, and report hard myocardium Dice on the OTHER contoured
-slices (pooled over those slices = 3D Dice of that part, and the per-slice mean) before and
-after, with the time taken. The N given slices are spread evenly over the contoured ones.
+fine-tune with a step budget (default: the API's, 150 steps) or a time budget through
+``api.finetune`` (the code path of the widget and of ``napari-sdnet finetune``), re-segment,
+and report hard myocardium Dice on the OTHER contoured slices (pooled over those slices = 3D
+Dice of that part, and the per-slice mean) before and after, with the time taken. The N given
+slices are spread evenly over the contoured ones.
 
 ``--study acdc-val`` does the same on the first K volumes of the ACDC H5 VALIDATION split
 (``--volumes K``; never the test split): a second check of the fine-tuning settings, which
 were chosen on the Sunnybrook study. Each volume is one 3D study (every slice with myocardium
 counts as contoured; H5 pixels taken as 1.5 mm); the table reports the mean over volumes.
-``--steps`` replaces the time budget by a step budget (results independent of the machine's
-load), ``--lr-schedule`` compares the learning-rate schedules.
+``--steps`` sets the step budget (results independent of the machine's load), ``--seconds``
+replaces it by a time budget, ``--lr-schedule`` compares the learning-rate schedules.
 
 Usage::
 
     .venv/bin/python benchmarks/bench_finetune.py [--model bundled] [--n 1 2 4]
-        [--seconds 60 | --steps 150] [--seeds 0 1 2] [--threads 2] [--json out.json]
+        [--steps 150 | --seconds 60] [--seeds 0 1 2] [--threads 2] [--json out.json]
     .venv/bin/python benchmarks/bench_finetune.py --study acdc-val --volumes 6 --n 2 \
         --steps 150 --lr-schedule constant --threads 1
 """
@@ -77,8 +78,10 @@ def main() -> None:
     parser.add_argument("--study", choices=("sunnybrook", "acdc-val"), default="sunnybrook")
     parser.add_argument("--volumes", type=int, default=6, help="acdc-val: volumes used")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--steps", type=int, default=None, help="step budget instead of time")
+    budget_args = parser.add_mutually_exclusive_group()
+    budget_args.add_argument("--seconds", type=float, default=None, help="time budget")
+    budget_args.add_argument("--steps", type=int, default=None,
+                             help="step budget (default: the API's, api.FINETUNE_STEPS)")
     parser.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
                         help="default: the API's (api.FINETUNE_SCHEDULE)")
     parser.add_argument("--freeze", nargs="*", default=[], metavar="PREFIX",
@@ -95,7 +98,8 @@ def main() -> None:
     from napari_sdnet import api
 
     schedule = args.lr_schedule or api.FINETUNE_SCHEDULE
-    budget = {"steps": args.steps} if args.steps else {"seconds": args.seconds}
+    budget = ({"seconds": args.seconds} if args.seconds is not None
+              else {"steps": args.steps or api.FINETUNE_STEPS})
     model = api.load_model(args.model, device="cpu")
     results = {"model": args.model, "study": args.study, "budget": budget,
                "lr": api.FINETUNE_LR, "lr_schedule": schedule, "freeze": args.freeze,
