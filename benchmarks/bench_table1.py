@@ -77,7 +77,7 @@ import textwrap
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,8 @@ class Profile:
     # Iterations over which the unsupervised and adversarial terms ramp up (TrainConfig.rampup);
     # the same for the three models (the U-Net has no such term).
     rampup: int = 0
+    # Learning rate over the budget (TrainConfig.lr_schedule): "constant" or "cosine".
+    lr_schedule: str = "constant"
     seeds: tuple[int, ...] = (0,)
     # Data subsets, for tests on synthetic folders only (None: the whole split).
     max_volumes: int | None = None
@@ -132,6 +134,17 @@ class Profile:
         for key in ("name", "seeds"):
             out.pop(key)
         return out
+
+    @staticmethod
+    def complete_protocol(stored: dict[str, Any]) -> dict[str, Any]:
+        """``stored`` (a run's recorded protocol) with settings added to :class:`Profile`
+        after it was written filled in with their defaults, which were the behaviour then."""
+        defaults = {
+            f.name: f.default
+            for f in fields(Profile)
+            if f.default is not MISSING and f.name not in ("name", "seeds")
+        }
+        return {**defaults, **stored}
 
     def budget_text(self) -> str:
         if self.iterations is not None and self.epochs is None:
@@ -237,7 +250,8 @@ def load_run(path: Path, protocol: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if not complete:
         return None
-    if record.get("protocol") != protocol:
+    stored = record.get("protocol")
+    if not isinstance(stored, dict) or Profile.complete_protocol(stored) != protocol:
         raise ProtocolMismatch(
             f"{path} was made with other settings ({record.get('protocol')}); this table uses "
             f"{protocol}: choose another output folder"
@@ -359,6 +373,7 @@ def run_one(
         seed=seed,
         augment=profile.augment,
         rampup=profile.rampup,
+        lr_schedule=profile.lr_schedule,
         device=device,
     )
     start = time.perf_counter()
@@ -553,7 +568,9 @@ def format_report(
         )
         + " |",
         "",
-        f"Protocol: preset `{p.preset}`, {p.budget_text()}, Adam lr {p.lr:g} (beta1 0.5), "
+        f"Protocol: preset `{p.preset}`, {p.budget_text()}, Adam lr {p.lr:g} (beta1 0.5"
+        + ("" if p.lr_schedule == "constant" else f", {p.lr_schedule} schedule")
+        + f"), ramp-up {p.rampup} iterations, "
         f"batch {p.batch_size}, unlabelled pool up to {p.n_unlabelled} training slices, H5 "
         f"spacing {p.h5_spacing} mm, real masks for D_M: {p.real_masks}, augmentation "
         f"{'on' if p.augment else 'off'}; best validated weights ("
@@ -791,6 +808,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "output folder, table1-<profile>-noaug)",
     )
     parser.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default=None,
+        help="learning rate over the budget for all three models (default: constant, as the "
+        "paper; cosine: down to 0 at the end of the budget; own output folder, "
+        "table1-<profile>-cosine)",
+    )
+    parser.add_argument(
         "--report",
         action="store_true",
         help="only rebuild results.json and table1.md from the finished runs",
@@ -814,8 +839,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = Profile(**{**asdict(profile), "real_masks": args.real_masks})
     if args.no_augment:
         profile = Profile(**{**asdict(profile), "augment": False})
+    if args.lr_schedule is not None:
+        profile = Profile(**{**asdict(profile), "lr_schedule": args.lr_schedule})
     suffix = "-labelled-masks" if profile.real_masks == "labelled" else ""
     suffix += "" if profile.augment else "-noaug"
+    suffix += "" if profile.lr_schedule == "constant" else f"-{profile.lr_schedule}"
     out = args.out or REPO_ROOT / "runs" / f"table1-{profile.name}{suffix}"
     if args.measure_speed is not None:
         speed = measure_speed(

@@ -251,3 +251,27 @@ def test_command_line_report_and_protocol_guard(tmp_path, capsys):
     noaug = tmp_path / "noaug"
     assert bench.main(["--profile", "quick", "--no-augment", "--report", "--out", str(noaug)]) == 0
     assert json.loads((noaug / "results.json").read_text())["protocol"]["augment"] is False
+    # and the same profile with a cosine learning rate
+    assert bench.main(["--profile", "quick", "--lr-schedule", "cosine", "--report", "--out",
+                       str(out)]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_runs_recorded_before_a_setting_existed_count_with_its_default(tmp_path):
+    # A run written before Profile.lr_schedule existed has no such key: it ran with the
+    # constant rate, so it belongs to the constant-rate table and not to the cosine one.
+    out = tmp_path / "old"
+    (out / "runs").mkdir(parents=True)
+    record = _record("sdnet", 11, 0, 0.41)
+    protocol = bench.PROFILES["quick"].protocol()
+    del protocol["lr_schedule"]
+    record["protocol"] = protocol
+    (out / "runs" / "sdnet-11-s0.json").write_text(json.dumps(record))
+    quick = bench.PROFILES["quick"]
+    assert len(bench.collect_runs(out, quick.protocol())) == 1
+    with pytest.raises(bench.ProtocolMismatch):
+        bench.collect_runs(out, replace(quick, lr_schedule="cosine").protocol())
+    assert bench.main(["--profile", "quick", "--lr-schedule", "cosine", "--report"]
+                      + ["--out", str(tmp_path / "cos")]) == 0
+    table = (tmp_path / "cos" / "table1.md").read_text()
+    assert "cosine schedule" in table

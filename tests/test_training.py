@@ -754,6 +754,8 @@ def test_train_command_on_phantom_nifti(phantom_acdc, tmp_path, capsys):
         "1",
         "--rampup",
         "3",
+        "--lr-schedule",
+        "cosine",
         "-o",
         str(out),
     ]
@@ -767,7 +769,7 @@ def test_train_command_on_phantom_nifti(phantom_acdc, tmp_path, capsys):
     assert t["data"] == phantom_acdc.name and t["layout"] == "acdc_nifti"
     assert t["labelled"] == 4 and t["unlabelled"] == 14 and t["iterations"] == 6
     assert t["seed"] == 0 and t["device"].startswith("cpu") and t["seconds"] > 0
-    assert t["rampup"] == 3
+    assert t["rampup"] == 3 and t["lr_schedule"] == "cosine"
     assert info.metrics["val_iteration"] == 6 and 0 <= info.metrics["val_dice"] <= 1
     # An existing output is refused before any work, in one line.
     assert main(argv) == 2
@@ -804,7 +806,7 @@ def test_train_command_on_phantom_nifti(phantom_acdc, tmp_path, capsys):
     info2 = load_checkpoint(out2)[1]
     assert info2.model_type == "unet" and info2.training["unlabelled"] == 0
     assert info2.metrics == {} and info2.training["augment"] is False
-    assert "rampup" not in info2.training
+    assert "rampup" not in info2.training and "lr_schedule" not in info2.training
     assert "no validation" in capsys.readouterr().err
 
 

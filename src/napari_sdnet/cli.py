@@ -551,6 +551,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         select_on=args.select_on,
         reinit=tuple(args.reinit),
         rampup=args.rampup,
+        lr_schedule=args.lr_schedule,
         on_data=on_data,
     )
     bar = tqdm(desc="train", unit="it", file=sys.stderr, disable=None, leave=False)
@@ -727,6 +728,13 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         help="iterations over which the unsupervised and adversarial loss weights ramp up "
         "from ~0 (default 0: none, as the paper); e.g. one epoch when training from scratch "
         "on very few labels",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate over the budget: constant (default, as the paper) or cosine "
+        "(down to 0 at the end of --iterations/--epochs)",
     )
     p.add_argument(
         "--select-on",

@@ -302,6 +302,7 @@ def train_model(
     select_on: str = "dice",
     reinit: Sequence[str] = (),
     rampup: int = 0,
+    lr_schedule: str = "constant",
     on_data: Any = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a model of ``preset`` on ``data_dir`` and write its best weights to ``output``.
@@ -317,8 +318,9 @@ def train_model(
     ``"reconstruction"``) are :class:`TrainConfig`'s, e.g. to fit only the Z head and the
     reconstructor of a trained segmenter (``docs/training.md``). ``reinit`` (with ``init``):
     parameter-name prefixes whose weights start afresh (seeded) instead of from ``init``.
-    ``rampup``: iterations over which the unsupervised and adversarial terms ramp up
-    (:class:`TrainConfig`).
+    ``rampup``: iterations over which the unsupervised and adversarial terms ramp up;
+    ``lr_schedule``: ``"constant"`` or ``"cosine"`` (down to 0 at the end of the budget)
+    (both :class:`TrainConfig`'s).
 
     On ``KeyboardInterrupt`` (raised inside, or thrown in with ``generator.throw``) training
     stops, the best weights so far are written anyway and the result says ``"interrupted"``.
@@ -371,6 +373,7 @@ def train_model(
         freeze=tuple(freeze),
         select_on=select_on,
         rampup=rampup,
+        lr_schedule=lr_schedule,
     )
     preprocess = preprocess_config_for(model_config)
     data, desc = build_train_data(
@@ -443,6 +446,8 @@ def train_model(
         training["select_on"] = select_on
     if rampup:
         training["rampup"] = rampup
+    if lr_schedule != "constant":
+        training["lr_schedule"] = lr_schedule
     if init is not None:
         training["init"] = {
             "model": Path(init).name,
