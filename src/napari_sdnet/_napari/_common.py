@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
+from typing import Any
 
 from napari.utils import notifications
 from qtpy.QtWidgets import QComboBox, QLabel, QMessageBox, QWidget
@@ -52,6 +53,18 @@ def free_gpu_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def free_layer_name(viewer: Any, base: str) -> str:
+    """``base``, or ``base [2]``, ``base [3]``, ... : the first name no layer of ``viewer`` has
+    (new layers never replace a user's layer)."""
+    names = {layer.name for layer in viewer.layers}
+    if base not in names:
+        return base
+    i = 2
+    while f"{base} [{i}]" in names:
+        i += 1
+    return f"{base} [{i}]"
 
 
 class MessagesMixin:

@@ -51,7 +51,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sdnet import latent
-from napari_sdnet._napari._common import MessagesMixin, confirm_overwrite
+from napari_sdnet._napari._common import MessagesMixin, confirm_overwrite, free_layer_name
 from napari_sdnet._napari._state import MadeLayer, SegmentationRecord, get_state, unwrap
 from napari_sdnet.errors import SDNetError
 
@@ -615,7 +615,7 @@ class LatentWidget(MessagesMixin, QWidget):
             if layer is None or layer not in self.viewer.layers:
                 layer = self.viewer.add_image(
                     data,
-                    name=self._free_name(PREVIEW_NAME),
+                    name=free_layer_name(self.viewer, PREVIEW_NAME),
                     colormap="gray",
                     contrast_limits=list(image.contrast_limits),
                     metadata={"sdnet_latent_of": image.name},
@@ -637,15 +637,6 @@ class LatentWidget(MessagesMixin, QWidget):
         finally:
             self._quiet -= 1
 
-    def _free_name(self, base: str) -> str:
-        names = {layer.name for layer in self.viewer.layers}
-        if base not in names:
-            return base
-        i = 2
-        while f"{base} [{i}]" in names:
-            i += 1
-        return f"{base} [{i}]"
-
     def add_as_layer(self) -> Image | None:
         """Keep the current preview as a new image layer (never replaces a layer)."""
         if not self.update_preview() or self.preview is None:
@@ -656,7 +647,7 @@ class LatentWidget(MessagesMixin, QWidget):
         try:
             layer = self.viewer.add_image(
                 self.preview.copy(),
-                name=self._free_name(f"{image.name} {self.preview_name}"),
+                name=free_layer_name(self.viewer, f"{image.name} {self.preview_name}"),
                 colormap="gray",
                 contrast_limits=list(image.contrast_limits),
                 metadata={

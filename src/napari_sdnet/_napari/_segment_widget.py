@@ -56,6 +56,7 @@ from napari_sdnet._napari._common import (
     MessagesMixin,
     confirm_overwrite,
     device_combo,
+    free_layer_name,
 )
 from napari_sdnet._napari._common import free_gpu_memory as _free_gpu_memory
 from napari_sdnet._napari._common import is_out_of_memory as _is_out_of_memory
@@ -652,7 +653,7 @@ class SegmentWidget(MessagesMixin, QWidget):
             data = np.full(full_shape, fill, dtype=dtype)
             data[frame] = values
         base = f"{image.name} {'myocardium' if kind == 'mask' else 'reconstruction'}"
-        name = self._free_name(base)
+        name = free_layer_name(self.viewer, base)
         new_layer = self._add_layer(kind, image, data, name)
         new = MadeLayer.track(new_layer, kind)
         record.made.append(new)
@@ -664,15 +665,6 @@ class SegmentWidget(MessagesMixin, QWidget):
                 f"in {new_layer.name!r}"
             )
         return new, note
-
-    def _free_name(self, base: str) -> str:
-        names = {layer.name for layer in self.viewer.layers}
-        if base not in names:
-            return base
-        i = 2
-        while f"{base} [{i}]" in names:
-            i += 1
-        return f"{base} [{i}]"
 
     def _add_layer(self, kind: str, image: Image, data: np.ndarray, name: str) -> Any:
         kwargs: dict[str, Any] = {
