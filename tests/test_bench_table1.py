@@ -61,7 +61,7 @@ def test_profiles_follow_the_issue():
     assert quick.preset == "compact" and quick.iterations and quick.epochs is None
     for p in (full, quick):
         assert p.n_unlabelled == 1200 and p.h5_spacing == 1.5
-        assert p.augment and p.rampup == 300
+        assert not p.augment and p.rampup == 300
     # every model of a profile gets the same protocol: nothing in it names a model
     assert "model" not in " ".join(full.protocol())
     assert bench.plan(["sdnet", "unet"], [34, 11], [0])[:2] == [("unet", 11, 0), ("sdnet", 11, 0)]
@@ -245,12 +245,12 @@ def test_command_line_report_and_protocol_guard(tmp_path, capsys):
     )
     assert bench.main(["--profile", "full", "--report", "--out", str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
-    # so does the same profile without augmentation (a protocol of its own)
-    assert bench.main(["--profile", "quick", "--no-augment", "--report", "--out", str(out)]) == 2
+    # so does the same profile with augmentation (a protocol of its own)
+    assert bench.main(["--profile", "quick", "--augment", "--report", "--out", str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
-    noaug = tmp_path / "noaug"
-    assert bench.main(["--profile", "quick", "--no-augment", "--report", "--out", str(noaug)]) == 0
-    assert json.loads((noaug / "results.json").read_text())["protocol"]["augment"] is False
+    aug = tmp_path / "aug"
+    assert bench.main(["--profile", "quick", "--augment", "--report", "--out", str(aug)]) == 0
+    assert json.loads((aug / "results.json").read_text())["protocol"]["augment"] is True
     # and the same profile with a cosine learning rate
     assert bench.main(["--profile", "quick", "--lr-schedule", "cosine", "--report", "--out",
                        str(out)]) == 2
