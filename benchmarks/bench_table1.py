@@ -82,7 +82,7 @@ import textwrap
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -143,14 +143,9 @@ class Profile:
 
     @staticmethod
     def complete_protocol(stored: dict[str, Any]) -> dict[str, Any]:
-        """``stored`` (a run's recorded protocol) with settings added to :class:`Profile`
-        after it was written filled in with their defaults, which were the behaviour then."""
-        defaults = {
-            f.name: f.default
-            for f in fields(Profile)
-            if f.default is not MISSING and f.name not in ("name", "seeds")
-        }
-        return {**defaults, **stored}
+        """``stored`` (a run's recorded protocol) with the settings added to :class:`Profile`
+        after it was written filled in with the behaviour before them (``ADDED_SETTINGS``)."""
+        return {**ADDED_SETTINGS, **stored}
 
     def budget_text(self) -> str:
         if self.iterations is not None and self.epochs is None:
@@ -164,6 +159,10 @@ class Profile:
             parts.append(f"early stopping after {self.patience} epochs without improvement")
         return ", ".join(parts)
 
+
+#: Profile settings added after runs were recorded, with the value that matches how those
+#: older runs were made (a record without the key ran that way).
+ADDED_SETTINGS: dict[str, Any] = {"lr_schedule": "constant"}
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
