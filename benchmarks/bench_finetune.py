@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_sdnet import choices
+
 
 def _scores(mask: np.ndarray, gt: np.ndarray, slices: list[tuple[int, int]]) -> dict:
     from napari_sdnet.training.losses import hard_dice
@@ -82,7 +84,7 @@ def main() -> None:
     budget_args.add_argument("--seconds", type=float, default=None, help="time budget")
     budget_args.add_argument("--steps", type=int, default=None,
                              help="step budget (default: the API's, api.FINETUNE_STEPS)")
-    parser.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
+    parser.add_argument("--lr-schedule", choices=choices.LR_SCHEDULES, default=None,
                         help="default: the API's (api.FINETUNE_SCHEDULE)")
     parser.add_argument("--freeze", nargs="*", default=[], metavar="PREFIX",
                         help="parameter-name prefixes not to fine-tune")

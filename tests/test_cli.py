@@ -21,6 +21,29 @@ def test_help_and_version(capsys):
     assert exc.value.code == 0
 
 
+def test_parsing_loads_no_heavy_module_and_offers_the_library_choices():
+    # `napari-sdnet <cmd> --help` and argument errors must not wait for PyTorch or napari;
+    # the choices it offers are the ones the library checks (napari_sdnet.choices)
+    code = (
+        "import sys, napari_sdnet.cli as c; "
+        "p = c.build_parser(); "
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'napari', 'qtpy'}); "
+        "print(heavy); sys.exit(bool(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    from napari_sdnet import choices
+    from napari_sdnet.model import PRESETS
+    from napari_sdnet.training import checkpoint, recipe, trainer
+
+    assert tuple(PRESETS) == choices.PRESET_NAMES
+    assert trainer.MODEL_TYPES is checkpoint.MODEL_TYPES is choices.MODEL_TYPES
+    assert trainer.LR_SCHEDULES is choices.LR_SCHEDULES
+    assert recipe.LABELLED_BY is choices.LABELLED_BY
+    with pytest.raises(SystemExit):
+        main(["train", "--data", ".", "--lr-schedule", "step"])
+
+
 def test_phantom_command_writes_readable_nifti(tmp_path, capsys):
     assert main(["phantom", "-o", str(tmp_path), "--frames", "3", "--slices", "2",
                  "--size", "48"]) == 0

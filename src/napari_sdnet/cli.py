@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from napari_sdnet import __version__
+from napari_sdnet import __version__, choices
 from napari_sdnet.errors import CheckpointError, InputError, SDNetError
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
@@ -454,7 +454,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--lr-schedule",
-        choices=("cosine", "constant"),
+        choices=choices.LR_SCHEDULES,
         default=None,
         help="cosine (default, api.FINETUNE_SCHEDULE): the rate falls to 0 at the end of the "
         "budget; or constant",
@@ -634,13 +634,13 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--preset",
-        choices=("paper", "compact", "tiny"),
+        choices=choices.PRESET_NAMES,
         default="paper",
         help="network size (default paper: 224 px at 1.37 mm)",
     )
     p.add_argument(
         "--model-type",
-        choices=("sdnet", "unet", "gan"),
+        choices=choices.MODEL_TYPES,
         default="sdnet",
         help="sdnet (default), or the baselines unet (Dice only) and gan "
         "(U-Net + mask discriminator)",
@@ -655,7 +655,7 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--by",
-        choices=("images", "volumes", "patients"),
+        choices=choices.LABELLED_BY,
         default="images",
         help="what --labelled counts (default images)",
     )
@@ -668,7 +668,7 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--real-masks",
-        choices=("all", "labelled"),
+        choices=choices.REAL_MASKS,
         default="all",
         help="masks the mask discriminator sees as real: all training-split masks "
         "(default, as the paper) or only the labelled subset's",
@@ -731,14 +731,14 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--lr-schedule",
-        choices=("constant", "cosine"),
+        choices=choices.LR_SCHEDULES,
         default="constant",
         help="learning rate over the budget: constant (default, as the paper) or cosine "
         "(down to 0 at the end of --iterations/--epochs)",
     )
     p.add_argument(
         "--select-on",
-        choices=("dice", "reconstruction"),
+        choices=choices.SELECT_ON,
         default="dice",
         help="which validated weights to keep: best Dice (default) or, for sdnet, lowest "
         "reconstruction L1 (e.g. fitting the reconstructor of a frozen segmenter)",

@@ -80,6 +80,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
+from napari_sdnet.choices import PRESET_NAMES
 from napari_sdnet.errors import InputError
 
 __all__ = ["ModelConfig", "PRESETS", "get_preset", "preset_names"]
@@ -353,7 +354,7 @@ TINY = ModelConfig(
     disc_widths=(4, 8, 16, 16),
 )
 
-PRESETS: dict[str, ModelConfig] = {"paper": PAPER, "compact": COMPACT, "tiny": TINY}
+PRESETS: dict[str, ModelConfig] = dict(zip(PRESET_NAMES, (PAPER, COMPACT, TINY), strict=True))
 
 
 def preset_names() -> tuple[str, ...]:

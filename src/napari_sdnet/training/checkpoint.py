@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from napari_sdnet.choices import MODEL_TYPES
 from napari_sdnet.errors import CheckpointError, InputError
 from napari_sdnet.model import ModelConfig, SDNet
 from napari_sdnet.preprocess import PreprocessConfig
 
 FORMAT = "napari-sdnet"
 FORMAT_VERSION = 1
-MODEL_TYPES = ("sdnet", "unet", "gan")
 _DISCRIMINATOR_PREFIXES = ("mask_discriminator.", "image_discriminator.")
 
 

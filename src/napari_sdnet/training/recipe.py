@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sdnet.choices import LABELLED_BY, REAL_MASKS
 from napari_sdnet.errors import InputError
 from napari_sdnet.io.datasets import (
     SliceSet,
@@ -49,17 +50,11 @@ from napari_sdnet.preprocess import PreprocessConfig
 from napari_sdnet.training.trainer import AugmentConfig, Progress, TrainConfig, TrainData, train
 
 __all__ = [
-    "BY_CHOICES",
-    "REAL_MASK_CHOICES",
     "TrainResult",
     "build_train_data",
     "train_model",
 ]
 
-#: How ``labelled`` is counted (see :func:`~napari_sdnet.io.datasets.split_labelled`).
-BY_CHOICES = ("images", "volumes", "patients")
-#: Where the mask discriminator's real masks come from.
-REAL_MASK_CHOICES = ("all", "labelled")
 #: Share of ACDC NIfTI patients held out for validation when none are named.
 VAL_FRACTION = 0.2
 #: ACDC's typical in-plane spacing (mm); used only to warn about H5 data on odd presets.
@@ -152,11 +147,11 @@ def build_train_data(
             patient in the training pool.
     """
     config = PreprocessConfig() if config is None else config
-    if by not in BY_CHOICES:
-        raise InputError(f"by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
-    if real_masks not in REAL_MASK_CHOICES:
+    if by not in LABELLED_BY:
+        raise InputError(f"by must be one of {', '.join(LABELLED_BY)}, got {by!r}")
+    if real_masks not in REAL_MASKS:
         raise InputError(
-            f"real_masks must be one of {', '.join(REAL_MASK_CHOICES)}, got {real_masks!r}"
+            f"real_masks must be one of {', '.join(REAL_MASKS)}, got {real_masks!r}"
         )
     _check_count(labelled, "the number of labelled " + by)
     _check_count(n_unlabelled, "the number of unlabelled images", minimum=0)

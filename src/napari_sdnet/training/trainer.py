@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_sdnet.choices import LR_SCHEDULES, MODEL_TYPES, SELECT_ON
 from napari_sdnet.errors import InputError
 from napari_sdnet.inference import SliceOutputs, predict_slices
 from napari_sdnet.model import SDNet, binarise
@@ -38,10 +39,6 @@ from napari_sdnet.training.losses import (
     lsgan_discriminator_loss,
     lsgan_generator_loss,
 )
-
-MODEL_TYPES = ("sdnet", "unet", "gan")
-SELECT_ON = ("dice", "reconstruction")
-LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
