@@ -61,6 +61,9 @@ Usage::
     .venv/bin/python benchmarks/bench_table1.py --profile quick --threads 1
     # the same protocol with on-the-fly augmentation for all three models (table1-quick-aug):
     .venv/bin/python benchmarks/bench_table1.py --profile quick --augment --threads 1
+    # another budget and a cosine learning rate for all three models (table1-quick-cosine-it3000):
+    .venv/bin/python benchmarks/bench_table1.py --profile quick --iterations 3000 \
+        --lr-schedule cosine --counts 284 142 --threads 1
     # seconds per training iteration of each model type on this machine (no validation):
     .venv/bin/python benchmarks/bench_table1.py --profile quick --measure-speed 100 --threads 1
     # rebuild results.json and table1.md from the finished runs only:
@@ -88,6 +91,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from napari_sdnet import choices
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "acdc_h5"
@@ -204,6 +209,17 @@ QUICK_ESTIMATE = (
 # --------------------------------------------------------------------------------------------
 # runs on disk
 # --------------------------------------------------------------------------------------------
+
+
+def folder_name(profile: Profile) -> str:
+    """The default output folder of ``profile``: ``table1-<name>`` plus a suffix for each
+    setting changed from the named profile's, so that other protocols never share a folder."""
+    base = PROFILES[profile.name]
+    suffix = "-labelled-masks" if profile.real_masks == "labelled" else ""
+    suffix += "-aug" if profile.augment else ""
+    suffix += "" if profile.lr_schedule == "constant" else f"-{profile.lr_schedule}"
+    suffix += "" if profile.iterations == base.iterations else f"-it{profile.iterations}"
+    return f"table1-{profile.name}{suffix}"
 
 
 def run_name(model: str, count: int, seed: int) -> str:
@@ -803,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument(
         "--real-masks",
-        choices=("all", "labelled"),
+        choices=choices.REAL_MASKS,
         default=None,
         help="real masks for the mask discriminator (default: all, as the paper)",
     )
@@ -815,11 +831,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--lr-schedule",
-        choices=("constant", "cosine"),
+        choices=choices.LR_SCHEDULES,
         default=None,
         help="learning rate over the budget for all three models (default: constant, as the "
         "paper; cosine: down to 0 at the end of the budget; own output folder, "
         "table1-<profile>-cosine)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training budget of all three models in iterations instead of the profile's "
+        "(the full profile: a cap beside its epochs); own output folder, "
+        "table1-<profile>-it<N>",
     )
     parser.add_argument(
         "--report",
@@ -847,10 +872,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = Profile(**{**asdict(profile), "augment": True})
     if args.lr_schedule is not None:
         profile = Profile(**{**asdict(profile), "lr_schedule": args.lr_schedule})
-    suffix = "-labelled-masks" if profile.real_masks == "labelled" else ""
-    suffix += "-aug" if profile.augment else ""
-    suffix += "" if profile.lr_schedule == "constant" else f"-{profile.lr_schedule}"
-    out = args.out or REPO_ROOT / "runs" / f"table1-{profile.name}{suffix}"
+    if args.iterations is not None and args.iterations != profile.iterations:
+        if args.iterations < 1:
+            parser.error("--iterations must be >= 1")
+        profile = Profile(**{**asdict(profile), "iterations": args.iterations})
+    out = args.out or REPO_ROOT / "runs" / folder_name(profile)
     if args.measure_speed is not None:
         speed = measure_speed(
             args.data, profile, args.models, args.measure_speed, device=args.device

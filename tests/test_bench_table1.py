@@ -255,6 +255,30 @@ def test_command_line_report_and_protocol_guard(tmp_path, capsys):
     assert bench.main(["--profile", "quick", "--lr-schedule", "cosine", "--report", "--out",
                        str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
+    # and another budget; the profile's own budget given explicitly is the same protocol
+    assert bench.main(["--profile", "quick", "--iterations", "3000", "--report", "--out",
+                       str(out)]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert bench.main(["--profile", "quick", "--iterations", "1200", "--report", "--out",
+                       str(out)]) == 0
+    longer = tmp_path / "long"
+    assert bench.main(["--profile", "quick", "--iterations", "3000", "--report", "--out",
+                       str(longer)]) == 0
+    assert json.loads((longer / "results.json").read_text())["protocol"]["iterations"] == 3000
+    assert "3000 iterations" in (longer / "table1.md").read_text()
+    with pytest.raises(SystemExit):
+        bench.main(["--profile", "quick", "--iterations", "0", "--report", "--out", str(longer)])
+
+
+def test_default_folders_keep_protocols_apart():
+    quick = bench.PROFILES["quick"]
+    assert bench.folder_name(quick) == "table1-quick"
+    assert bench.folder_name(bench.PROFILES["full"]) == "table1-full"
+    assert bench.folder_name(replace(quick, augment=True)) == "table1-quick-aug"
+    assert (
+        bench.folder_name(replace(quick, lr_schedule="cosine", iterations=3000))
+        == "table1-quick-cosine-it3000"
+    )
 
 
 def test_runs_recorded_before_a_setting_existed_count_with_its_default(tmp_path):
