@@ -7,7 +7,11 @@ user's fresh clone. ``SDNET_SHARED_DATA`` points elsewhere if needed.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,3 +100,17 @@ def messages(monkeypatch) -> list[tuple[str, str]]:
             lambda message, _s=severity: shown.append((_s, str(message))),
         )
     return shown
+
+
+@pytest.fixture
+def modules_loaded_by() -> Callable[[str], set[str]]:
+    """``modules_loaded_by("import x; ...")``: the names in ``sys.modules`` after running that
+    code in a fresh interpreter (what an import or a command really pulls in)."""
+
+    def run(code: str) -> set[str]:
+        script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return set(json.loads(out.stdout.splitlines()[-1]))
+
+    return run
