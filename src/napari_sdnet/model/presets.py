@@ -354,7 +354,9 @@ TINY = ModelConfig(
     disc_widths=(4, 8, 16, 16),
 )
 
-PRESETS: dict[str, ModelConfig] = dict(zip(PRESET_NAMES, (PAPER, COMPACT, TINY), strict=True))
+PRESETS: dict[str, ModelConfig] = {c.name: c for c in (PAPER, COMPACT, TINY)}
+# the CLI offers napari_sdnet.choices.PRESET_NAMES without importing this module (torch)
+assert tuple(PRESETS) == PRESET_NAMES, "napari_sdnet.choices.PRESET_NAMES is out of date"
 
 
 def preset_names() -> tuple[str, ...]:
