@@ -211,15 +211,22 @@ QUICK_ESTIMATE = (
 # --------------------------------------------------------------------------------------------
 
 
-def folder_name(profile: Profile) -> str:
-    """The default output folder of ``profile``: ``table1-<name>`` plus a suffix for each
-    setting changed from the named profile's, so that other protocols never share a folder."""
-    base = PROFILES[profile.name]
+def variant_name(profile: Profile) -> str:
+    """``profile``'s name plus a suffix for each setting changed from the named profile's
+    (``quick-aug``, ``quick-cosine-it3000``): its table rows and default folder say which
+    protocol they are."""
+    base = PROFILES.get(profile.name)
     suffix = "-labelled-masks" if profile.real_masks == "labelled" else ""
     suffix += "-aug" if profile.augment else ""
     suffix += "" if profile.lr_schedule == "constant" else f"-{profile.lr_schedule}"
-    suffix += "" if profile.iterations == base.iterations else f"-it{profile.iterations}"
-    return f"table1-{profile.name}{suffix}"
+    if base is not None and profile.iterations != base.iterations:
+        suffix += f"-it{profile.iterations}"
+    return f"{profile.name}{suffix}"
+
+
+def folder_name(profile: Profile) -> str:
+    """The default output folder of ``profile`` (other protocols never share a folder)."""
+    return f"table1-{variant_name(profile)}"
 
 
 def run_name(model: str, count: int, seed: int) -> str:
@@ -546,7 +553,7 @@ def format_table(
         )
         measured = cells.get(model, {})
         lines.append(
-            f"| {MODEL_NAMES.get(model, model)} | measured ({profile.name}) | "
+            f"| {MODEL_NAMES.get(model, model)} | measured ({variant_name(profile)}) | "
             + " | ".join(format_cell(measured.get(c)) for c in counts)
             + " |"
         )
@@ -566,7 +573,7 @@ def format_report(
     machines = sorted({f"{r['machine']['cpu']} ({r['training']['device']})" for r in runs})
     p = profile
     lines = [
-        f"# Paper Table 1 on ACDC, profile `{p.name}`",
+        f"# Paper Table 1 on ACDC, profile `{variant_name(p)}`",
         "",
         "Myocardium Dice on the 40 test volumes of the ACDC H5 split (hard Dice per volume, "
         "3D, native grid; mean over volumes, then over seeds: mean \u00b1 sample std (n = "

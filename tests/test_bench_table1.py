@@ -265,7 +265,8 @@ def test_command_line_report_and_protocol_guard(tmp_path, capsys):
     assert bench.main(["--profile", "quick", "--iterations", "3000", "--report", "--out",
                        str(longer)]) == 0
     assert json.loads((longer / "results.json").read_text())["protocol"]["iterations"] == 3000
-    assert "3000 iterations" in (longer / "table1.md").read_text()
+    table = (longer / "table1.md").read_text()
+    assert "3000 iterations" in table and "| SDNet | measured (quick-it3000) |" in table
     with pytest.raises(SystemExit):
         bench.main(["--profile", "quick", "--iterations", "0", "--report", "--out", str(longer)])
 
