@@ -85,7 +85,7 @@ import textwrap
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -214,13 +214,17 @@ QUICK_ESTIMATE = (
 def variant_name(profile: Profile) -> str:
     """``profile``'s name plus a suffix for each setting changed from the named profile's
     (``quick-aug``, ``quick-cosine-it3000``): its table rows and default folder say which
-    protocol they are."""
+    protocol they are. A profile not in :data:`PROFILES` is compared with the field defaults
+    (and its budget is its own)."""
     base = PROFILES.get(profile.name)
-    suffix = "-labelled-masks" if profile.real_masks == "labelled" else ""
-    suffix += "-aug" if profile.augment else ""
-    suffix += "" if profile.lr_schedule == "constant" else f"-{profile.lr_schedule}"
-    if base is not None and profile.iterations != base.iterations:
-        suffix += f"-it{profile.iterations}"
+    ref = asdict(base) if base is not None else {
+        "real_masks": "all", "augment": False, "lr_schedule": "constant",
+        "iterations": profile.iterations,
+    }
+    suffix = "-labelled-masks" if profile.real_masks != ref["real_masks"] else ""
+    suffix += "-aug" if profile.augment != ref["augment"] else ""
+    suffix += f"-{profile.lr_schedule}" if profile.lr_schedule != ref["lr_schedule"] else ""
+    suffix += f"-it{profile.iterations}" if profile.iterations != ref["iterations"] else ""
     return f"{profile.name}{suffix}"
 
 
@@ -872,17 +876,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    profile = PROFILES[args.profile]
-    if args.real_masks is not None and args.real_masks != profile.real_masks:
-        profile = Profile(**{**asdict(profile), "real_masks": args.real_masks})
-    if args.augment:
-        profile = Profile(**{**asdict(profile), "augment": True})
-    if args.lr_schedule is not None:
-        profile = Profile(**{**asdict(profile), "lr_schedule": args.lr_schedule})
-    if args.iterations is not None and args.iterations != profile.iterations:
-        if args.iterations < 1:
-            parser.error("--iterations must be >= 1")
-        profile = Profile(**{**asdict(profile), "iterations": args.iterations})
+    if args.iterations is not None and args.iterations < 1:
+        parser.error("--iterations must be >= 1")
+    # settings given on the command line replace the profile's (a protocol of their own)
+    overrides = {
+        "real_masks": args.real_masks,
+        "augment": True if args.augment else None,
+        "lr_schedule": args.lr_schedule,
+        "iterations": args.iterations,
+    }
+    profile = replace(
+        PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None}
+    )
     out = args.out or REPO_ROOT / "runs" / folder_name(profile)
     if args.measure_speed is not None:
         speed = measure_speed(
