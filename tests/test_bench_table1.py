@@ -230,7 +230,8 @@ def test_command_line_report_and_protocol_guard(tmp_path, capsys):
     out = tmp_path / "quick"
     assert bench.main(["--profile", "quick", "--report", "--out", str(out)]) == 0
     table = (out / "table1.md").read_text()
-    assert "profile `quick`" in table and "1200 iterations" in table
+    assert "profile `quick`" in table and "3000 iterations" in table
+    assert "cosine schedule" in table
     assert "| SDNet | measured (quick) | \u2014 | \u2014 | \u2014 | \u2014 | \u2014 |" in table
     assert json.loads((out / "results.json").read_text())["runs"] == []
     # a finished run of the quick protocol makes the full profile refuse this folder
@@ -251,22 +252,22 @@ def test_command_line_report_and_protocol_guard(tmp_path, capsys):
     aug = tmp_path / "aug"
     assert bench.main(["--profile", "quick", "--augment", "--report", "--out", str(aug)]) == 0
     assert json.loads((aug / "results.json").read_text())["protocol"]["augment"] is True
-    # and the same profile with a cosine learning rate
-    assert bench.main(["--profile", "quick", "--lr-schedule", "cosine", "--report", "--out",
+    # and the same profile with a constant learning rate
+    assert bench.main(["--profile", "quick", "--lr-schedule", "constant", "--report", "--out",
                        str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
     # and another budget; the profile's own budget given explicitly is the same protocol
-    assert bench.main(["--profile", "quick", "--iterations", "3000", "--report", "--out",
+    assert bench.main(["--profile", "quick", "--iterations", "1200", "--report", "--out",
                        str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
-    assert bench.main(["--profile", "quick", "--iterations", "1200", "--report", "--out",
-                       str(out)]) == 0
+    assert bench.main(["--profile", "quick", "--iterations", "3000", "--lr-schedule", "cosine",
+                       "--report", "--out", str(out)]) == 0
     longer = tmp_path / "long"
-    assert bench.main(["--profile", "quick", "--iterations", "3000", "--report", "--out",
+    assert bench.main(["--profile", "quick", "--iterations", "6000", "--report", "--out",
                        str(longer)]) == 0
-    assert json.loads((longer / "results.json").read_text())["protocol"]["iterations"] == 3000
+    assert json.loads((longer / "results.json").read_text())["protocol"]["iterations"] == 6000
     table = (longer / "table1.md").read_text()
-    assert "3000 iterations" in table and "| SDNet | measured (quick-it3000) |" in table
+    assert "6000 iterations" in table and "| SDNet | measured (quick-it6000) |" in table
     with pytest.raises(SystemExit):
         bench.main(["--profile", "quick", "--iterations", "0", "--report", "--out", str(longer)])
 
@@ -277,9 +278,13 @@ def test_default_folders_keep_protocols_apart():
     assert bench.folder_name(bench.PROFILES["full"]) == "table1-full"
     assert bench.folder_name(replace(quick, augment=True)) == "table1-quick-aug"
     assert (
-        bench.folder_name(replace(quick, lr_schedule="cosine", iterations=3000))
-        == "table1-quick-cosine-it3000"
+        bench.folder_name(replace(quick, lr_schedule="constant", iterations=1200))
+        == "table1-quick-constant-it1200"
     )
+    # the full profile is the paper's constant rate: a cosine one is a variant of it
+    full = bench.PROFILES["full"]
+    assert full.lr_schedule == "constant" and quick.lr_schedule == "cosine"
+    assert bench.folder_name(replace(full, lr_schedule="cosine")) == "table1-full-cosine"
 
 
 def test_runs_recorded_before_a_setting_existed_count_with_its_default(tmp_path):
@@ -292,11 +297,12 @@ def test_runs_recorded_before_a_setting_existed_count_with_its_default(tmp_path)
     del protocol["lr_schedule"]
     record["protocol"] = protocol
     (out / "runs" / "sdnet-11-s0.json").write_text(json.dumps(record))
-    quick = bench.PROFILES["quick"]
-    assert len(bench.collect_runs(out, quick.protocol())) == 1
+    constant = replace(bench.PROFILES["quick"], lr_schedule="constant")
+    assert len(bench.collect_runs(out, constant.protocol())) == 1
     with pytest.raises(bench.ProtocolMismatch):
-        bench.collect_runs(out, replace(quick, lr_schedule="cosine").protocol())
-    assert bench.main(["--profile", "quick", "--lr-schedule", "cosine", "--report"]
-                      + ["--out", str(tmp_path / "cos")]) == 0
-    table = (tmp_path / "cos" / "table1.md").read_text()
-    assert "cosine schedule" in table
+        bench.collect_runs(out, replace(constant, lr_schedule="cosine").protocol())
+    assert bench.main(["--profile", "quick", "--lr-schedule", "constant", "--report"]
+                      + ["--out", str(out)]) == 0
+    table = (out / "table1.md").read_text()
+    assert "| SDNet | measured (quick-constant) |" in table and "0.410 (n=1)" in table
+    assert bench.main(["--profile", "quick", "--report", "--out", str(out)]) == 2
