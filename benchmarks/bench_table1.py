@@ -198,7 +198,7 @@ PROFILES: dict[str, Profile] = {
 }
 
 #: Measured cost of the quick profile on this project's development machine (2-core Intel Xeon
-#: VM, no GPU), from ``--measure-speed`` and the partial run described in docs/benchmarks.md.
+#: VM, no GPU): the seconds its seed-0 runs recorded (docs/benchmarks.md).
 QUICK_ESTIMATE = (
     "Quick profile cost, measured on a 2-core Intel Xeon VM with one thread per run and two "
     "to four runs sharing the two cores (2026-11-26, seed 0): a U-Net run took 6.5-10 "
