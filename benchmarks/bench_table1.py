@@ -89,7 +89,7 @@ import textwrap
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -220,10 +220,10 @@ def variant_name(profile: Profile) -> str:
     protocol they are. A profile not in :data:`PROFILES` is compared with the field defaults
     (and its budget is its own)."""
     base = PROFILES.get(profile.name)
-    ref = asdict(base) if base is not None else {
-        "real_masks": "all", "augment": False, "lr_schedule": "constant",
-        "iterations": profile.iterations,
-    }
+    if base is not None:
+        ref = asdict(base)
+    else:
+        ref = {f.name: f.default for f in fields(Profile)} | {"iterations": profile.iterations}
     suffix = "-labelled-masks" if profile.real_masks != ref["real_masks"] else ""
     suffix += "-aug" if profile.augment != ref["augment"] else ""
     suffix += f"-{profile.lr_schedule}" if profile.lr_schedule != ref["lr_schedule"] else ""
