@@ -87,6 +87,59 @@ def tiny_model_file(tmp_path_factory) -> str:
     return str(path)
 
 
+def write_phantom_acdc(root: Path, n_patients: int = 4) -> None:
+    """Phantom patients in the ACDC NIfTI layout: patientNNN/patientNNN_frame01/_frame05."""
+    import nibabel as nib
+    import numpy as np
+
+    from napari_sdnet.phantom import make_phantom_volume
+
+    for p in range(1, n_patients + 1):
+        folder = root / f"patient{p:03d}"
+        folder.mkdir(parents=True)
+        for frame, phase in ((1, 0.0), (5, 0.5)):
+            vol = make_phantom_volume(
+                phase=phase, n_slices=3, shape=(96, 96), spacing=(2.0, 2.0), seed=p
+            )
+            affine = np.diag([2.0, 2.0, 10.0, 1.0])
+            stem = folder / f"patient{p:03d}_frame{frame:02d}"
+            for arr, suffix in ((vol.image.astype(np.float32), ""), (vol.labels, "_gt")):
+                img = nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), affine)
+                nib.save(img, f"{stem}{suffix}.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def phantom_acdc(tmp_path_factory) -> Path:
+    """Four phantom patients (ED + ES, 3 slices each) in the ACDC NIfTI layout."""
+    root = tmp_path_factory.mktemp("phantom_acdc")
+    write_phantom_acdc(root)
+    return root
+
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """``small_mount(options)``: a fresh tmpfs mounted in ``tmp_path`` (e.g. ``"ro"``, or
+    ``"size=64k"`` for a disk that fills up); skips where mounting is not allowed."""
+    mounted: list[Path] = []
+
+    def make(options: str) -> Path:
+        point = tmp_path / f"mount{len(mounted)}"
+        point.mkdir()
+        out = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()[:80]})")
+        mounted.append(point)
+        return point
+
+    yield make
+    for point in mounted:
+        subprocess.run(["umount", str(point)], capture_output=True)
+
+
 @pytest.fixture
 def messages(monkeypatch) -> list[tuple[str, str]]:
     """Notifications shown by the widgets, as ``(severity, message)``."""

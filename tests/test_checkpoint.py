@@ -105,14 +105,91 @@ def test_write_is_atomic_and_refuses_overwrite(tmp_path, monkeypatch):
         Path(filename).write_bytes(b"partial")
         raise OSError("disk full")
 
+    monkeypatch.setenv("SDNET_RESCUE_DIR", str(tmp_path / "rescue"))
     monkeypatch.setattr(safetensors.torch, "save_file", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match="cannot write.*disk full.*nor to"):
         save_checkpoint(path, model, _info(model), overwrite=True)
     assert path.read_bytes() == original
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.safetensors"]
+    assert list((tmp_path / "rescue").iterdir()) == []
     monkeypatch.undo()
     save_checkpoint(path, model, _info(model, model_type="unet"), overwrite=True)
     assert read_checkpoint_info(path).model_type == "unet"
+
+
+def test_a_failing_destination_rescues_the_model(tmp_path, monkeypatch):
+    """Disk full (safetensors' own error) at the destination: the model goes to the rescue
+    folder, the error names it, and it loads; umask permissions on both."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from napari_sdnet.errors import RescuedWrite
+
+    model = _trained_looking_model()
+    rescue = tmp_path / "rescue"
+    monkeypatch.setenv("SDNET_RESCUE_DIR", str(rescue))
+    real = safetensors.torch.save_file
+    dest = tmp_path / "out"
+    dest.mkdir()
+
+    def full_disk(state, filename, metadata=None):
+        if Path(filename).parent == dest:
+            raise SafetensorError("Error while serializing: No space left on device (os error 28)")
+        real(state, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(RescuedWrite, match="No space left.*saved to") as caught:
+        save_checkpoint(dest / "m.safetensors", model, _info(model))
+    assert list(dest.iterdir()) == []
+    saved = caught.value.path
+    assert saved.parent == rescue and saved.name.endswith(".safetensors")
+    assert oct(saved.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    loaded, _ = load_checkpoint(saved)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_model_files_follow_the_umask(tmp_path):
+    import os
+
+    model = _trained_looking_model()
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.safetensors", model, _info(model))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_non_finite_weights_are_refused_on_save_and_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = _trained_looking_model()
+    path = save_checkpoint(tmp_path / "m.safetensors", model, _info(model))
+    state = load_file(str(path))
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[key].view(-1)[0] = float("nan")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    broken = tmp_path / "broken.safetensors"
+    save_file(state, str(broken), metadata=metadata)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_checkpoint(broken)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("inf")
+    with pytest.raises(CheckpointError, match="refusing to save.*NaN or infinite"):
+        save_checkpoint(tmp_path / "m2.safetensors", model, _info(model))
+    assert not (tmp_path / "m2.safetensors").exists()
 
 
 def test_bad_names_and_mismatched_info_are_refused(tmp_path):

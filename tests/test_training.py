@@ -648,31 +648,6 @@ def test_cuda_amp_training_releases_memory(phantom):
 
 
 # ------------------------------------------------------------------------------- recipe + CLI
-def _write_phantom_acdc(root, n_patients: int = 4) -> None:
-    """Phantom patients in the ACDC NIfTI layout: patientNNN/patientNNN_frame01/_frame05."""
-    import nibabel as nib
-
-    for p in range(1, n_patients + 1):
-        folder = root / f"patient{p:03d}"
-        folder.mkdir(parents=True)
-        for frame, phase in ((1, 0.0), (5, 0.5)):
-            vol = make_phantom_volume(
-                phase=phase, n_slices=3, shape=(96, 96), spacing=(2.0, 2.0), seed=p
-            )
-            affine = np.diag([2.0, 2.0, 10.0, 1.0])
-            stem = folder / f"patient{p:03d}_frame{frame:02d}"
-            for arr, suffix in ((vol.image.astype(np.float32), ""), (vol.labels, "_gt")):
-                img = nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), affine)
-                nib.save(img, f"{stem}{suffix}.nii.gz")
-
-
-@pytest.fixture(scope="module")
-def phantom_acdc(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom_acdc")
-    _write_phantom_acdc(root)
-    return root
-
-
 def test_build_train_data_from_acdc_nifti(phantom_acdc):
     from napari_sdnet.training.recipe import build_train_data
 

@@ -17,3 +17,20 @@ class InputError(SDNetError, ValueError):
 
 class CheckpointError(SDNetError):
     """A model file that is missing, corrupt, of another kind or of a mismatched preset."""
+
+
+class TrainingError(SDNetError):
+    """Training or fine-tuning that went wrong (diverged, got worse): nothing was saved."""
+
+
+class RescuedWrite(SDNetError):
+    """The destination could not be written, but the result was saved at :attr:`path`.
+
+    Raised after the work is safe: the message names both places, so nothing is lost.
+    """
+
+    def __init__(self, destination, path, reason: str) -> None:
+        self.destination, self.path, self.reason = destination, path, reason
+        super().__init__(
+            f"{destination}: cannot write ({reason}); the result was saved to {path} instead"
+        )

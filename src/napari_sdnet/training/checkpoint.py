@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,11 +22,15 @@ import numpy as np
 
 from napari_sdnet.choices import MODEL_TYPES
 from napari_sdnet.errors import CheckpointError, InputError
+from napari_sdnet.io.files import write_or_rescue
 from napari_sdnet.model import ModelConfig, SDNet
 from napari_sdnet.preprocess import PreprocessConfig
 
 FORMAT = "napari-sdnet"
 FORMAT_VERSION = 1
+#: A training state to resume (``napari-sdnet train --resume``), not a model.
+STATE_FORMAT = "napari-sdnet-train-state"
+STATE_FORMAT_VERSION = 1
 _DISCRIMINATOR_PREFIXES = ("mask_discriminator.", "image_discriminator.")
 
 
@@ -157,6 +160,11 @@ def save_checkpoint(
 
     Without ``overwrite`` an existing file is an error. Discriminators are needed to fine-tune
     with SDNet's adversarial losses; leave them out for the smallest inference-only file.
+    Weights holding NaN or infinite values are refused (:class:`CheckpointError`). When the
+    final write fails (disk full, permissions changed), the file goes to the rescue folder and
+    :class:`~napari_sdnet.errors.RescuedWrite` names it (see
+    :func:`~napari_sdnet.io.files.write_or_rescue`).
+    The file gets the user's umask (e.g. 0644).
     """
     from safetensors.torch import save_file
 
@@ -180,16 +188,36 @@ def save_checkpoint(
         "format_version": str(FORMAT_VERSION),
         "info": _info_json(info),
     }
+    bad = non_finite_tensors(state)
+    if bad:
+        raise CheckpointError(
+            f"refusing to save {path.name}: {len(bad)} weight tensor(s) hold NaN or infinite "
+            f"values (e.g. {bad[0]}); the model is broken"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(state, str(tmp), metadata=metadata)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors' own error type, e.g. for a full disk
+            text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise OSError(text) from exc
+
+    write_or_rescue(path, write, overwrite=overwrite)
     return path
+
+
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``state`` that hold NaN or infinite values."""
+    import torch
+
+    return [
+        key
+        for key, value in state.items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
 
 
 def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
@@ -207,6 +235,11 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
             f"{path.name} is not a napari-sdnet model (not a readable safetensors file: "
             f"{str(exc).splitlines()[0][:120]})"
         ) from None
+    if metadata.get("format") == STATE_FORMAT:
+        raise CheckpointError(
+            f"{path.name} is a saved training state (to continue with `napari-sdnet train "
+            "--resume`), not a model; use the model file the training wrote"
+        )
     if metadata.get("format") != FORMAT:
         raise CheckpointError(
             f"{path.name} is a safetensors file but not a napari-sdnet model "
@@ -257,6 +290,12 @@ def load_checkpoint(
             **{k: v for k, v in expected.items() if k.startswith(_DISCRIMINATOR_PREFIXES)},
             **state,
         }
+    bad = non_finite_tensors(state)
+    if bad:
+        raise CheckpointError(
+            f"{name} is broken: {len(bad)} weight tensor(s) hold NaN or infinite values "
+            f"(e.g. {bad[0]}); it would segment nothing. Use another model file"
+        )
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
@@ -277,3 +316,75 @@ def load_checkpoint(
     model.to(device)
     model.eval()
     return model, info
+
+
+# ------------------------------------------------------------------------------------------
+# training states (resume)
+# ------------------------------------------------------------------------------------------
+
+
+def train_state_path(output: str | os.PathLike) -> Path:
+    """Where ``napari-sdnet train -o OUTPUT`` keeps its resumable state: ``OUTPUT`` with the
+    suffix ``.resume.safetensors`` (e.g. ``model.resume.safetensors``)."""
+    output = Path(output)
+    return output.with_name(output.name.removesuffix(".safetensors") + ".resume.safetensors")
+
+
+def save_train_state(path: str | os.PathLike, state: Any, recipe: dict[str, Any]) -> Path:
+    """Write a :class:`~napari_sdnet.training.trainer.TrainState` and the ``recipe`` (the
+    settings it was started with) to one safetensors file, atomically, replacing the last."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    metadata = {
+        "format": STATE_FORMAT,
+        "format_version": str(STATE_FORMAT_VERSION),
+        "meta": json.dumps(state.meta, default=_json_default),
+        "recipe": json.dumps(recipe, default=_json_default),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "version": _version(),
+    }
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(state.tensors, str(tmp), metadata=metadata)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors' own error type, e.g. for a full disk
+            raise OSError(str(exc).splitlines()[0][:200] or type(exc).__name__) from exc
+
+    write_or_rescue(path, write, overwrite=True)
+    return path
+
+
+def load_train_state(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """Read what :func:`save_train_state` wrote: ``(TrainState, recipe)``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from napari_sdnet.training.trainer import TrainState
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no saved training state at {path}: nothing to resume")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path.name}: not a readable training state ({str(exc).splitlines()[0][:120]})"
+        ) from None
+    if metadata.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path.name} is not a napari-sdnet training state")
+    if metadata.get("format_version") != str(STATE_FORMAT_VERSION):
+        raise CheckpointError(
+            f"{path.name}: training state version {metadata.get('format_version')!r}; this "
+            f"napari-sdnet resumes version {STATE_FORMAT_VERSION}"
+        )
+    try:
+        meta = json.loads(metadata["meta"])
+        recipe = json.loads(metadata["recipe"])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path.name}: corrupt training state ({exc})") from None
+    return TrainState(tensors=tensors, meta=meta), recipe

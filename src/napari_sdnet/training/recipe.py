@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from napari_sdnet.choices import LABELLED_BY, REAL_MASKS
-from napari_sdnet.errors import InputError
+from napari_sdnet.errors import InputError, TrainingError
 from napari_sdnet.io.datasets import (
     SliceSet,
     check_training_only,
@@ -46,8 +46,23 @@ from napari_sdnet.io.datasets import (
     iter_acdc_nifti,
     split_labelled,
 )
+from napari_sdnet.io.files import check_destination
 from napari_sdnet.preprocess import PreprocessConfig
-from napari_sdnet.training.trainer import AugmentConfig, Progress, TrainConfig, TrainData, train
+from napari_sdnet.training.checkpoint import (
+    load_train_state,
+    non_finite_tensors,
+    save_train_state,
+    train_state_path,
+)
+from napari_sdnet.training.trainer import (
+    AugmentConfig,
+    Progress,
+    Resume,
+    TrainConfig,
+    TrainData,
+    check_budget,
+    train,
+)
 
 __all__ = [
     "TrainResult",
@@ -55,6 +70,8 @@ __all__ = [
     "train_model",
 ]
 
+#: Seconds between two saves of the resumable training state (``train_model``).
+CHECKPOINT_SECONDS = 300.0
 #: Share of ACDC NIfTI patients held out for validation when none are named.
 VAL_FRACTION = 0.2
 #: ACDC's typical in-plane spacing (mm); used only to warn about H5 data on odd presets.
@@ -150,9 +167,7 @@ def build_train_data(
     if by not in LABELLED_BY:
         raise InputError(f"by must be one of {', '.join(LABELLED_BY)}, got {by!r}")
     if real_masks not in REAL_MASKS:
-        raise InputError(
-            f"real_masks must be one of {', '.join(REAL_MASKS)}, got {real_masks!r}"
-        )
+        raise InputError(f"real_masks must be one of {', '.join(REAL_MASKS)}, got {real_masks!r}")
     _check_count(labelled, "the number of labelled " + by)
     _check_count(n_unlabelled, "the number of unlabelled images", minimum=0)
     _check_count(max_volumes, "max_volumes")
@@ -264,6 +279,8 @@ class TrainResult:
     final: Progress | None
     description: dict[str, Any] = field(default_factory=dict)
     stop_reason: str = "budget"
+    #: the saved training state, kept when training was stopped early (continue with resume)
+    state_path: Path | None = None
 
 
 def train_model(
@@ -299,6 +316,9 @@ def train_model(
     rampup: int = 0,
     lr_schedule: str = "constant",
     on_data: Any = None,
+    resume: bool = False,
+    checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
+    stop: Callable[[], str | None] | None = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a model of ``preset`` on ``data_dir`` and write its best weights to ``output``.
 
@@ -319,8 +339,20 @@ def train_model(
 
     On ``KeyboardInterrupt`` (raised inside, or thrown in with ``generator.throw``) training
     stops, the best weights so far are written anyway and the result says ``"interrupted"``.
-    The output file is checked first, so an existing file without ``overwrite`` fails before
-    any work is done.
+    The output file is checked first (folder exists and is writable, no existing file without
+    ``overwrite``), and so are the numbers (``lr`` finite and > 0, budgets > 0), so bad
+    settings fail before any work is done.
+
+    Resumable: every ``checkpoint_seconds`` (default 5 minutes; None: never) the whole training
+    state is saved atomically to :func:`~napari_sdnet.training.checkpoint.train_state_path`
+    (``OUTPUT.resume.safetensors``), and again when training is stopped early; ``resume=True``
+    continues from it (same data and settings; the budgets may be raised) as if never stopped.
+    The state file is removed when a run ends normally. ``stop()``, polled after every
+    iteration, ends training cleanly when it returns a reason (e.g. ``"terminated"`` on
+    SIGTERM): the best weights so far are written and the state is saved for ``resume``.
+
+    A run whose loss became NaN/infinite (``"diverged"``) or whose weights are not finite
+    raises :class:`~napari_sdnet.errors.TrainingError` and writes no model.
     """
     import torch
 
@@ -335,8 +367,45 @@ def train_model(
     output = Path(output)
     if output.suffix != ".safetensors":
         raise InputError(f"model files end in .safetensors, got {output.name}")
-    if output.exists() and not overwrite:
-        raise InputError(f"{output} exists; choose another name or allow overwriting")
+    state_path = train_state_path(output)
+    check_destination(output, overwrite=overwrite or resume, what="model")
+    check_budget(lr=lr, iterations=iterations, epochs=epochs, seconds=seconds)
+    if patience is not None and (isinstance(patience, bool) or patience < 0):
+        raise InputError(f"patience must be >= 0 epochs, got {patience!r}")
+    if checkpoint_seconds is not None and not checkpoint_seconds > 0:
+        raise InputError(f"checkpoint_seconds must be > 0, got {checkpoint_seconds!r}")
+    recipe = {
+        # folder names, not paths: a run may continue on another machine
+        "data": Path(data_dir).resolve().name,
+        "preset": preset,
+        "model_type": model_type,
+        "labelled": labelled,
+        "by": by,
+        "n_unlabelled": n_unlabelled,
+        "h5_spacing": h5_spacing,
+        "real_masks": real_masks,
+        "max_volumes": max_volumes,
+        "val_volumes": val_volumes,
+        "patients": None if patients is None else [str(p) for p in patients],
+        "val_patients": None if val_patients is None else [str(p) for p in val_patients],
+        "seed": seed,
+        "init": None if init is None else Path(init).name,
+        "reinit": list(reinit),
+    }
+    snapshot = None
+    if not resume and not overwrite and state_path.exists():
+        raise InputError(
+            f"{state_path}: a stopped training's state is there; continue it with --resume, "
+            "or pass --overwrite to start afresh"
+        )
+    if resume:
+        snapshot, saved_recipe = load_train_state(state_path)
+        changed = sorted(k for k in recipe if saved_recipe.get(k) != recipe[k])
+        if changed:
+            raise InputError(
+                f"{state_path.name} was saved by a training with other {', '.join(changed)}; "
+                "resume with the same command (only the budgets may change)"
+            )
     model_config = get_preset(preset)
     dev = resolve_device(device)
     if reinit and init is None:
@@ -399,23 +468,67 @@ def train_model(
         init_model.load_state_dict(state)
         torch.manual_seed(seed)
     model = (init_model if init is not None else SDNet(model_config)).to(dev)
-    trainer = train(model, data, cfg)
+    control = Resume(snapshot=snapshot)
+    trainer = train(model, data, cfg, resume=control)
     final: Progress | None = None
+    last: Progress | None = None
     stop_reason = "budget"
-    start = time.perf_counter()
+    suspended = False  # the trainer waits at a yield: its state can be captured
+    state_saved: Path | None = None
+    last_save = time.monotonic()
+
+    def save_state() -> None:
+        nonlocal state_saved, last_save
+        state_saved = save_train_state(state_path, control.capture(), recipe)
+        last_save = time.monotonic()
+
     try:
         for progress in trainer:
+            suspended = True
             if progress.done:
                 final = progress
                 stop_reason = progress.stop_reason or stop_reason
+            else:
+                last = progress
             yield progress
+            if progress.done:
+                break
+            reason = stop() if stop is not None else None
+            if reason:
+                save_state()
+                trainer.close()
+                stop_reason = reason
+                break
+            if (
+                checkpoint_seconds is not None
+                and time.monotonic() - last_save >= checkpoint_seconds
+            ):
+                save_state()
+            suspended = False
     except KeyboardInterrupt:
+        if suspended:
+            save_state()
         trainer.close()  # restores the best weights if the trainer was waiting at a yield
         stop_reason = "interrupted"
-    seconds_used = time.perf_counter() - start
-    iterations_done = final.iteration if final is not None else None
-    best = final.best_val_dice if final is not None else None
-    best_iter = final.best_iteration if final is not None else None
+    end = final or last
+    if stop_reason == "diverged":
+        kept = f"; the saved state {state_saved.name} is kept" if state_saved else ""
+        raise TrainingError(
+            f"training diverged at iteration {end.iteration if end else 0} (the loss became NaN "
+            f"or infinite): no model was written{kept}. Try a lower learning rate (--lr)"
+        )
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise TrainingError(
+            f"training produced NaN or infinite weights (e.g. {bad[0]}): no model was written. "
+            "Try a lower learning rate (--lr)"
+        )
+    iterations_done = (
+        end.iteration if end is not None else (snapshot.meta["iteration"] if snapshot else 0)
+    )
+    seconds_used = end.elapsed if end is not None else 0.0
+    best = end.best_val_dice if end is not None else None
+    best_iter = end.best_iteration if end is not None else None
     training: dict[str, Any] = {
         "data": desc["data"],
         "layout": desc["layout"],
@@ -460,8 +573,8 @@ def train_model(
             "val_iteration": best_iter,
             "val_volumes": desc["val_volumes"],
         }
-        if final is not None and final.best_val_recon_l1 is not None:
-            metrics["val_recon_l1"] = round(float(final.best_val_recon_l1), 4)
+        if end is not None and end.best_val_recon_l1 is not None:
+            metrics["val_recon_l1"] = round(float(end.best_val_recon_l1), 4)
     info = CheckpointInfo.for_model(
         model_config,
         model_type=model_type,
@@ -469,5 +582,20 @@ def train_model(
         metrics=metrics,
         preprocess=preprocess,
     )
-    path = save_checkpoint(output, model, info, overwrite=overwrite)
-    return TrainResult(path=path, info=info, final=final, description=desc, stop_reason=stop_reason)
+    if snapshot is not None:
+        training["resumed_from_iteration"] = int(snapshot.meta["iteration"])
+    path = save_checkpoint(output, model, info, overwrite=overwrite or resume)
+    if stop_reason in ("interrupted", "terminated") and state_saved is not None:
+        kept = state_saved
+    else:
+        kept = None
+        if state_path.exists():
+            state_path.unlink()
+    return TrainResult(
+        path=path,
+        info=info,
+        final=final,
+        description=desc,
+        stop_reason=stop_reason,
+        state_path=kept,
+    )

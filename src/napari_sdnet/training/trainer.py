@@ -19,6 +19,7 @@ only) and ``gan`` (U-Net plus the mask discriminator) use the same loop.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Generator, Sequence
@@ -39,6 +40,32 @@ from napari_sdnet.training.losses import (
     lsgan_discriminator_loss,
     lsgan_generator_loss,
 )
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+
+
+def check_budget(
+    *,
+    lr: Any = None,
+    iterations: Any = None,
+    epochs: Any = None,
+    seconds: Any = None,
+    steps: Any = None,
+) -> None:
+    """Raise :class:`InputError` unless each given number is usable: ``lr`` and ``seconds``
+    finite and > 0, ``iterations``/``epochs``/``steps`` whole numbers >= 1 (None: not given).
+    One check for training, fine-tuning, the CLI and the widgets."""
+    if lr is not None and not (_is_number(lr) and math.isfinite(lr) and lr > 0):
+        raise InputError(f"the learning rate (lr) must be a finite number > 0, got {lr!r}")
+    if seconds is not None and not (_is_number(seconds) and math.isfinite(seconds) and seconds > 0):
+        raise InputError(f"the time budget (seconds) must be a finite number > 0, got {seconds!r}")
+    for name, value in (("iterations", iterations), ("epochs", epochs), ("steps", steps)):
+        if value is None:
+            continue
+        if not (_is_number(value) and float(value).is_integer() and value >= 1):
+            raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
 @dataclass
@@ -130,10 +157,16 @@ class TrainConfig:
             )
         if self.max_iterations is None and self.max_epochs is None and self.max_seconds is None:
             raise InputError("give at least one of max_iterations, max_epochs, max_seconds")
+        # lr 0 is allowed here (e.g. to recompute statistics); user-facing entry points
+        # (train_model, finetune) ask for lr > 0 through check_budget
+        if not (_is_number(self.lr) and math.isfinite(self.lr) and self.lr >= 0):
+            raise InputError(f"the learning rate must be a finite number >= 0, got {self.lr!r}")
+        check_budget(
+            iterations=self.max_iterations, epochs=self.max_epochs, seconds=self.max_seconds
+        )
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(
-                f"unknown lr schedule {self.lr_schedule!r}; choose one of "
-                f"{', '.join(LR_SCHEDULES)}"
+                f"unknown lr schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
             )
         if self.rampup < 0:
             raise InputError(f"rampup must be >= 0 iterations, got {self.rampup}")
@@ -478,8 +511,495 @@ def recalibrate_batchnorm(
             m.momentum = momentum
 
 
+@dataclass
+class TrainState:
+    """Everything a run needs to continue where it stopped (see :class:`Resume`).
+
+    ``tensors``: flat ``name -> CPU tensor`` (model, kept weights, optimiser moments, pools of
+    fakes, random generator); ``meta``: JSON-friendly counters, scores, NumPy random state and
+    the settings the run was started with (checked on resume).
+    """
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+@dataclass
+class Resume:
+    """Continue a run from ``snapshot``, and/or get ``capture()`` to snapshot this one.
+
+    Pass it to :func:`train`; once the generator has started, ``capture()`` returns a
+    :class:`TrainState` of the run as it stands at the current yield (call it only between
+    yields). Resuming with the same data and settings continues exactly as the uninterrupted
+    run would have (same batches, augmentation and optimiser state); the budgets
+    (``max_iterations``, ``max_epochs``, ``max_seconds``, ``patience``) may be changed.
+    """
+
+    snapshot: TrainState | None = None
+    capture: Any = None  # Callable[[], TrainState], set by train()
+
+
+#: TrainConfig fields a resumed run may change (budgets); every other setting must match.
+_RESUMABLE_CHANGES = ("max_iterations", "max_epochs", "max_seconds", "patience")
+
+
+def _config_fingerprint(config: TrainConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    out = asdict(config)
+    for key in _RESUMABLE_CHANGES:
+        out.pop(key)
+    out.pop("amp")
+    return json.loads(json.dumps(out, default=list))
+
+
+def _flatten(prefix: str, value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move the tensors of a nested state (optimiser ``state_dict``) into ``tensors``; return
+    the JSON-friendly rest, tensors replaced by ``{"tensor": name}``."""
+    if isinstance(value, torch.Tensor):
+        tensors[prefix] = value.detach().to("cpu").clone().contiguous()
+        return {"tensor": prefix}
+    if isinstance(value, dict):
+        return {str(k): _flatten(f"{prefix}/{k}", v, tensors) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_flatten(f"{prefix}/{i}", v, tensors) for i, v in enumerate(value)]
+    return value
+
+
+def _unflatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"tensor"}:
+            return tensors[value["tensor"]]
+        return {k: _unflatten(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unflatten(v, tensors) for v in value]
+    return value
+
+
+def _optimizer_state(saved: dict[str, Any]) -> dict[str, Any]:
+    """An optimiser ``state_dict`` read back from JSON (integer parameter indices)."""
+    return {
+        "state": {int(k): v for k, v in saved["state"].items()},
+        "param_groups": saved["param_groups"],
+    }
+
+
+class _Run:
+    """One training run's state and its steps; :func:`train` drives it as a generator.
+
+    Set-up (:meth:`__init__`), one iteration (:meth:`iterate`: generator steps on an unlabelled
+    and a labelled batch, then the discriminators), :meth:`validate`, :meth:`snapshot` /
+    :meth:`restore` for resuming, and :meth:`finish`, which leaves the model usable.
+    """
+
+    def __init__(self, model: SDNet, data: TrainData, config: TrainConfig) -> None:
+        self.model, self.data, self.config = model, data, config
+        data.check(model.config.image_size)
+        self.device = device = next(model.parameters()).device
+        torch.manual_seed(config.seed)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.rng = rng = np.random.default_rng(config.seed)
+        self.sdnet = config.model_type == "sdnet"
+        self.gan = config.model_type in ("sdnet", "gan")
+        has_unlabelled = data.unlabelled_images is not None and len(data.unlabelled_images) > 0
+        use_unlabelled = has_unlabelled and config.model_type != "unet"
+
+        self.original_flags = {name: p.requires_grad for name, p in model.named_parameters()}
+        self._freeze(config.freeze)
+        self.g_params = [p for p in model.generator_parameters() if p.requires_grad]
+        self.d_params = [p for p in model.discriminator_parameters() if p.requires_grad]
+        if not self.g_params:
+            self._restore_flags()
+            raise InputError("every generator parameter is frozen: nothing to train")
+        betas = (config.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.g_params, lr=config.lr, betas=betas)
+        self.opt_d = (
+            torch.optim.Adam(self.d_params, lr=config.lr, betas=betas)
+            if self.gan and self.d_params
+            else None
+        )
+        self.use_amp = config.amp and device.type == "cuda"
+        self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+        self.lab_x = torch.from_numpy(np.asarray(data.labelled_images, np.float32))
+        self.lab_m = torch.from_numpy(np.asarray(data.labelled_masks > 0, np.float32))
+        self.unl_x = (
+            torch.from_numpy(np.asarray(data.unlabelled_images, np.float32))
+            if use_unlabelled
+            else None
+        )
+        real_masks = data.real_masks if data.real_masks is not None else data.labelled_masks
+        self.real_m = torch.from_numpy(np.asarray(real_masks > 0, np.float32))
+        bs = config.batch_size
+        self.lab_stream = _Stream(len(self.lab_x), bs, rng)
+        self.unl_stream = _Stream(len(self.unl_x), bs, rng) if self.unl_x is not None else None
+        self.real_stream = _Stream(len(self.real_m), bs, rng)
+        n_stream = max(len(self.lab_x), len(data.unlabelled_images) if has_unlabelled else 0)
+        self.per_epoch = config.iterations_per_epoch or max(1, math.ceil(n_stream / bs))
+        max_iter = config.max_iterations
+        if config.max_epochs is not None:
+            by_epochs = config.max_epochs * self.per_epoch
+            max_iter = by_epochs if max_iter is None else min(max_iter, by_epochs)
+        self.max_iter = max_iter
+        self.pool_m = FakePool(config.pool_size, self.gen)
+        self.pool_x = FakePool(config.pool_size, self.gen)
+        w = config.weights
+        # Adversarial terms in use (a weight of 0 skips the discriminator altogether).
+        self.use_mask_adv = self.gan and (w.adv_mask > 0 or w.unl_adv_mask > 0)
+        self.use_image_adv = self.sdnet and (w.adv_image > 0 or w.unl_adv_image > 0)
+        self.has_val = data.val_images is not None and len(data.val_images) > 0
+        self.cal_images = self._calibration_images(use_unlabelled)
+
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_dice: float | None = None  # validation Dice of the kept weights
+        self.best_l1: float | None = None  # and their reconstruction L1 (sdnet)
+        self.best_score: float | None = None  # selection score of the kept weights (higher wins)
+        self.best_iter: int | None = None
+        self.stale_epochs = 0
+        self.iteration = 0
+        self.elapsed_before = 0.0  # seconds spent before a resume
+        self.start = time.perf_counter()
+
+    # ---------------------------------------------------------------------------- set-up
+    def _freeze(self, prefixes: Sequence[str]) -> None:
+        flags = self.original_flags
+        unknown = [p for p in prefixes if not any(n.startswith(p) for n in flags)]
+        if unknown:
+            parts = sorted({".".join(n.split(".")[:2]) for n in flags})
+            raise InputError(
+                f"freeze: no parameter name starts with {', '.join(map(repr, unknown))}; "
+                f"prefixes look like {', '.join(parts)}"
+            )
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(not any(name.startswith(p) for p in prefixes))
+
+    def _restore_flags(self) -> None:
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(self.original_flags[name])
+
+    def _calibration_images(self, use_unlabelled: bool) -> np.ndarray | None:
+        """Evenly spread training images for BatchNorm recalibration (no randomness used)."""
+        pool = [np.asarray(self.data.labelled_images)]
+        if use_unlabelled:
+            pool.append(np.asarray(self.data.unlabelled_images))
+        n_pool = sum(len(a) for a in pool)
+        n_cal = min(self.config.bn_recalibration, n_pool)
+        if not n_cal:
+            return None
+        idx = np.unique(np.linspace(0, n_pool - 1, n_cal).round().astype(int))
+        return np.concatenate(pool)[idx]
+
+    # ---------------------------------------------------------------------------- helpers
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
+
+    def autocast(self):
+        return torch.autocast(
+            device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp
+        )
+
+    def recalibrate(self) -> None:
+        if self.cal_images is not None:
+            _set_train_mode(self.model)
+            recalibrate_batchnorm(self.model, self.cal_images, reconstructor=self.sdnet)
+
+    def batch(self, x: torch.Tensor, idx: np.ndarray, m: torch.Tensor | None = None):
+        xb = x[idx][:, None].to(self.device, non_blocking=True)
+        mb = None if m is None else m[idx][:, None].to(self.device, non_blocking=True)
+        return augment_batch(xb, mb, self.config.augment, self.gen)
+
+    @staticmethod
+    def update(
+        opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor
+    ) -> bool:
+        """One optimiser step on ``loss``; False (and no update) when the loss is not finite."""
+        if not math.isfinite(loss.item()):
+            return False
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return True
+
+    def g_step(self, loss: torch.Tensor) -> bool:
+        """One generator update (see :meth:`update`)."""
+        return self.update(self.opt_g, self.scaler_g, loss)
+
+    def set_lr(self) -> None:
+        """The learning rate of this iteration (cosine schedule; constant: left as it is)."""
+        config = self.config
+        if config.lr_schedule != "cosine":
+            return
+        done = self.iteration / self.max_iter if self.max_iter else 0.0
+        if config.max_seconds is not None:
+            done = max(done, self.elapsed / config.max_seconds)
+        lr = cosine_lr(config.lr, done)
+        for opt in filter(None, (self.opt_g, self.opt_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    # ---------------------------------------------------------------------------- steps
+    def validate(self, progress: Progress) -> bool:
+        """Validate, keep the weights if best; True when the selection score improved."""
+        model, data = self.model, self.data
+        self.recalibrate()
+        # one pass over the validation images serves both scores
+        outputs = predict_slices(model, data.val_images, batch_size=32)
+        dice_val = validation_dice(
+            model, data.val_images, data.val_masks, data.val_volume_ids, outputs
+        )
+        if self.sdnet:
+            progress.val_recon_l1 = validation_recon_l1(model, data.val_images, outputs)
+        _set_train_mode(model)
+        score = dice_val if self.config.select_on == "dice" else -progress.val_recon_l1
+        improved = self.best_score is None or score > self.best_score
+        if improved:
+            self.best_dice, self.best_score, self.best_iter = dice_val, score, progress.iteration
+            self.best_l1 = progress.val_recon_l1
+            self.best_state = _cpu_state(model)
+        progress.val_dice = dice_val
+        progress.best_val_dice = self.best_dice
+        progress.best_val_recon_l1 = self.best_l1
+        progress.best_iteration = self.best_iter
+        return improved
+
+    def iterate(self, ramp: float) -> dict[str, float] | None:
+        """G step (unlabelled), G step (labelled), D step; the losses, or None if not finite.
+
+        ``ramp`` scales the unsupervised and adversarial terms (``TrainConfig.rampup``). Terms
+        whose weight is 0 (e.g. the mask adversarial ones when fine-tuning) are not computed,
+        and a discriminator that no term uses is not trained. No device tensor outlives the
+        iteration (except the pools of fakes).
+        """
+        model, w = self.model, self.config.weights
+        losses: dict[str, float] = {}
+        fake_m: list[torch.Tensor] = []
+        fake_x: list[torch.Tensor] = []
+        real_x: list[torch.Tensor] = []
+        # The discriminators only score the generator's outputs here: no gradients for them.
+        _set_requires_grad(self.d_params, False)
+        try:
+            # ---- generator step on an unlabelled batch
+            if self.unl_stream is not None and (self.use_mask_adv or self.sdnet):
+                xu, _ = self.batch(self.unl_x, self.unl_stream.next())
+                with self.autocast():
+                    mu, zu = model.decomposer(xu)
+                    loss = xu.new_zeros((), dtype=torch.float32)
+                    if self.use_mask_adv:
+                        adv_m = lsgan_generator_loss(model.mask_discriminator(mu))
+                        loss = loss + ramp * w.unl_adv_mask * adv_m
+                    if self.sdnet:
+                        recon_u = model.reconstructor(binarise(mu), zu)
+                        l1 = F.l1_loss(recon_u.float(), xu.float())
+                        loss = loss + ramp * w.unl_recon * l1
+                        if self.use_image_adv:
+                            adv_x = lsgan_generator_loss(model.image_discriminator(recon_u))
+                            loss = loss + ramp * w.unl_adv_image * adv_x
+                        losses["unl_recon_l1"] = l1.item()
+                        fake_x.append(recon_u.detach())
+                        real_x.append(xu)
+                if not self.g_step(loss):
+                    return None
+                losses["unlabelled"] = loss.item()
+                fake_m.append(mu.detach())
+            # ---- generator step on a labelled batch
+            xl, ml = self.batch(self.lab_x, self.lab_stream.next(), self.lab_m)
+            with self.autocast():
+                m, z = model.decomposer(xl)
+                dice = dice_loss(m, ml)
+                loss = w.dice * dice
+                if self.use_mask_adv:
+                    adv_m = lsgan_generator_loss(model.mask_discriminator(m))
+                    loss = loss + ramp * w.adv_mask * adv_m
+                if self.sdnet:
+                    recon_gt = model.reconstructor(ml, z)
+                    recon = model.reconstructor(binarise(m), z)
+                    l1_gt = F.l1_loss(recon_gt.float(), xl.float())
+                    l1 = F.l1_loss(recon.float(), xl.float())
+                    loss = loss + w.recon_gt * l1_gt + w.recon * l1
+                    if self.use_image_adv:
+                        adv_x = lsgan_generator_loss(model.image_discriminator(recon_gt))
+                        loss = loss + ramp * w.adv_image * adv_x
+                    losses["recon_l1"] = l1.item()
+                    fake_x.append(recon_gt.detach())
+                    real_x.append(xl)
+            if not self.g_step(loss):
+                return None
+            losses["dice_loss"] = dice.item()
+            losses["labelled"] = loss.item()
+            fake_m.append(m.detach())
+        finally:
+            _set_requires_grad(self.d_params, True)
+        if self.opt_d is not None and (self.use_mask_adv or self.use_image_adv):
+            d_loss = self.discriminator_step(fake_m, fake_x, real_x)
+            if d_loss is None:
+                return None
+            losses["discriminators"] = d_loss
+        return losses
+
+    def discriminator_step(self, fake_m, fake_x, real_x) -> float | None:
+        """One update of the discriminators that a generator term uses; None if not finite."""
+        model = self.model
+        with self.autocast():
+            d_loss = torch.zeros((), device=self.device)
+            if self.use_mask_adv:
+                real_mb = self.real_m[self.real_stream.next()][:, None].to(self.device)
+                real_mb = _augment_masks(real_mb, self.config.augment, self.gen)
+                fm = self.pool_m.query(torch.cat(fake_m))
+                d_loss = d_loss + lsgan_discriminator_loss(
+                    model.mask_discriminator(real_mb), model.mask_discriminator(fm)
+                )
+            if self.use_image_adv:
+                fx = self.pool_x.query(torch.cat(fake_x))
+                d_loss = d_loss + lsgan_discriminator_loss(
+                    model.image_discriminator(torch.cat(real_x)),
+                    model.image_discriminator(fx),
+                )
+        value = d_loss.item()
+        if not self.update(self.opt_d, self.scaler_d, d_loss):
+            return None
+        return value
+
+    def progress(self, losses: dict[str, float]) -> Progress:
+        return Progress(
+            iteration=self.iteration,
+            epoch=(self.iteration - 1) // self.per_epoch + 1 if self.iteration else 0,
+            iterations_per_epoch=self.per_epoch,
+            max_iterations=self.max_iter,
+            elapsed=self.elapsed,
+            losses=losses,
+            best_val_dice=self.best_dice,
+            best_val_recon_l1=self.best_l1,
+            best_iteration=self.best_iter,
+        )
+
+    def finish(self, stop_reason: str) -> None:
+        """Leave the model usable: kept (or last) weights, eval mode, flags as they were;
+        release what holds device memory (the model itself stays where it is)."""
+        model = self.model
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        elif self.iteration > 0 and stop_reason != "diverged":
+            self.recalibrate()  # no validated weights: keep the last ones, matching statistics
+        model.eval()
+        self._restore_flags()
+        self.pool_m.items.clear()
+        self.pool_x.items.clear()
+        self.opt_g.state.clear()
+        if self.opt_d is not None:
+            self.opt_d.state.clear()
+        self.best_state = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ---------------------------------------------------------------------------- resume
+    def _fingerprint(self) -> dict[str, Any]:
+        data = self.data
+        return {
+            "config": _config_fingerprint(self.config),
+            "preset": self.model.config.name,
+            "labelled": len(data.labelled_images),
+            "unlabelled": 0 if self.unl_x is None else len(self.unl_x),
+            "real_masks": len(self.real_m),
+            "validation": 0 if not self.has_val else len(data.val_images),
+        }
+
+    def snapshot(self) -> TrainState:
+        """The run as it stands between two iterations (CPU copies; see :class:`Resume`)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for key, value in self.model.state_dict().items():
+            tensors[f"model/{key}"] = value.detach().to("cpu").clone().contiguous()
+        for key, value in (self.best_state or {}).items():
+            tensors[f"best/{key}"] = value.clone().contiguous()
+        for name, pool in (("pool_m", self.pool_m), ("pool_x", self.pool_x)):
+            if pool.items:
+                tensors[name] = torch.stack([t.to("cpu") for t in pool.items]).contiguous()
+        tensors["torch_generator"] = self.gen.get_state().clone()
+        tensors["torch_global"] = torch.get_rng_state().clone()
+        streams = {}
+        for name in ("lab_stream", "unl_stream", "real_stream"):
+            stream = getattr(self, name)
+            if stream is not None:
+                tensors[f"{name}/order"] = torch.from_numpy(np.asarray(stream.order, np.int64))
+                streams[name] = stream.pos
+        meta = {
+            "fingerprint": self._fingerprint(),
+            "iteration": self.iteration,
+            "elapsed": self.elapsed,
+            "stale_epochs": self.stale_epochs,
+            "best_dice": self.best_dice,
+            "best_l1": self.best_l1,
+            "best_score": self.best_score,
+            "best_iter": self.best_iter,
+            "has_best": self.best_state is not None,
+            "numpy_rng": self.rng.bit_generator.state,
+            "streams": streams,
+            "opt_g": _flatten("opt_g", self.opt_g.state_dict(), tensors),
+            "opt_d": None
+            if self.opt_d is None
+            else _flatten("opt_d", self.opt_d.state_dict(), tensors),
+            "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
+        }
+        return TrainState(tensors=tensors, meta=meta)
+
+    def restore(self, state: TrainState) -> None:
+        """Continue from ``state`` (a :meth:`snapshot` of a run with the same data/settings)."""
+        meta, tensors = state.meta, state.tensors
+        mine, theirs = self._fingerprint(), meta.get("fingerprint")
+        if theirs != mine:
+            diff = sorted(
+                k for k in set(mine) | set(theirs or {}) if mine.get(k) != (theirs or {}).get(k)
+            )
+            if "config" in diff:
+                changed = sorted(
+                    k
+                    for k in mine["config"]
+                    if mine["config"][k] != (theirs or {}).get("config", {}).get(k)
+                )
+                diff = [d for d in diff if d != "config"] + [f"setting {k}" for k in changed]
+            raise InputError(
+                "the saved training state was made with other data or settings "
+                f"({', '.join(diff)} differ); resume with the same command"
+            )
+        model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+        self.model.load_state_dict(model_state)
+        if meta["has_best"]:
+            self.best_state = {
+                k[len("best/") :]: v.clone() for k, v in tensors.items() if k.startswith("best/")
+            }
+        for name, pool in (("pool_m", self.pool_m), ("pool_x", self.pool_x)):
+            pool.items = [t.to(self.device) for t in tensors[name]] if name in tensors else []
+        self.gen.set_state(tensors["torch_generator"])
+        torch.set_rng_state(tensors["torch_global"])
+        self.rng.bit_generator.state = meta["numpy_rng"]
+        for name, pos in meta["streams"].items():
+            stream = getattr(self, name)
+            stream.order = tensors[f"{name}/order"].numpy().copy()
+            stream.pos = int(pos)
+        self.opt_g.load_state_dict(_optimizer_state(_unflatten(meta["opt_g"], tensors)))
+        if self.opt_d is not None and meta["opt_d"] is not None:
+            self.opt_d.load_state_dict(_optimizer_state(_unflatten(meta["opt_d"], tensors)))
+        if meta["scaler_g"]:
+            self.scaler_g.load_state_dict(meta["scaler_g"])
+        if meta["scaler_d"]:
+            self.scaler_d.load_state_dict(meta["scaler_d"])
+        self.iteration = int(meta["iteration"])
+        self.stale_epochs = int(meta["stale_epochs"])
+        self.best_dice, self.best_l1 = meta["best_dice"], meta["best_l1"]
+        self.best_score, self.best_iter = meta["best_score"], meta["best_iter"]
+        self.elapsed_before = float(meta["elapsed"])
+        self.start = time.perf_counter()
+
+
 def train(
-    model: SDNet, data: TrainData, config: TrainConfig | None = None
+    model: SDNet,
+    data: TrainData,
+    config: TrainConfig | None = None,
+    *,
+    resume: Resume | None = None,
 ) -> Generator[Progress, None, Progress]:
     """Train ``model`` in place on its current device, yielding :class:`Progress` per iteration.
 
@@ -495,305 +1015,56 @@ def train(
     mode, with its parameters' ``requires_grad`` flags as they were. The final
     :class:`Progress` has ``done=True`` and a ``stop_reason``: ``"budget"``, ``"time"``,
     ``"early_stopping"``, ``"diverged"`` (closing the generator yields no final report).
+
+    ``resume``: a :class:`Resume` to continue a saved run (its ``snapshot``) and/or to take
+    snapshots of this one (its ``capture``, set here).
     """
     config = config or TrainConfig()
-    size = model.config.image_size
-    data.check(size)
-    device = next(model.parameters()).device
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    sdnet, gan = config.model_type == "sdnet", config.model_type in ("sdnet", "gan")
-    has_unlabelled = data.unlabelled_images is not None and len(data.unlabelled_images) > 0
-    use_unlabelled = has_unlabelled and config.model_type != "unet"
-
-    original_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    unknown = [p for p in config.freeze if not any(n.startswith(p) for n in original_flags)]
-    if unknown:
-        parts = sorted({".".join(n.split(".")[:2]) for n in original_flags})
-        raise InputError(
-            f"freeze: no parameter name starts with {', '.join(map(repr, unknown))}; "
-            f"prefixes look like {', '.join(parts)}"
-        )
-    for name, param in model.named_parameters():
-        param.requires_grad_(not any(name.startswith(p) for p in config.freeze))
-    g_params = [p for p in model.generator_parameters() if p.requires_grad]
-    d_params = [p for p in model.discriminator_parameters() if p.requires_grad]
-    if not g_params:
-        for name, param in model.named_parameters():
-            param.requires_grad_(original_flags[name])
-        raise InputError("every generator parameter is frozen: nothing to train")
-    betas = (config.beta1, 0.999)
-    opt_g = torch.optim.Adam(g_params, lr=config.lr, betas=betas)
-    opt_d = torch.optim.Adam(d_params, lr=config.lr, betas=betas) if gan and d_params else None
-    use_amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.float16
-    scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp)
-    scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    def autocast():
-        return torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp)
-
-    lab_x = torch.from_numpy(np.asarray(data.labelled_images, np.float32))
-    lab_m = torch.from_numpy(np.asarray(data.labelled_masks > 0, np.float32))
-    unl_x = (
-        torch.from_numpy(np.asarray(data.unlabelled_images, np.float32)) if use_unlabelled else None
-    )
-    real_masks = data.real_masks if data.real_masks is not None else data.labelled_masks
-    real_m = torch.from_numpy(np.asarray(real_masks > 0, np.float32))
-    bs = config.batch_size
-    lab_stream = _Stream(len(lab_x), bs, rng)
-    unl_stream = _Stream(len(unl_x), bs, rng) if unl_x is not None else None
-    real_stream = _Stream(len(real_m), bs, rng)
-    n_stream = max(len(lab_x), len(data.unlabelled_images) if has_unlabelled else 0)
-    per_epoch = config.iterations_per_epoch or max(1, math.ceil(n_stream / bs))
-    max_iter = config.max_iterations
-    if config.max_epochs is not None:
-        by_epochs = config.max_epochs * per_epoch
-        max_iter = by_epochs if max_iter is None else min(max_iter, by_epochs)
-    pool_m = FakePool(config.pool_size, gen)
-    pool_x = FakePool(config.pool_size, gen)
-    w = config.weights
-    # Adversarial terms in use (a weight of 0 skips the discriminator altogether).
-    use_mask_adv = gan and (w.adv_mask > 0 or w.unl_adv_mask > 0)
-    use_image_adv = sdnet and (w.adv_image > 0 or w.unl_adv_image > 0)
-    has_val = data.val_images is not None and len(data.val_images) > 0
-    # Evenly spread training images for BatchNorm recalibration (no randomness used).
-    pool_images = [np.asarray(data.labelled_images)]
-    if unl_x is not None:
-        pool_images.append(np.asarray(data.unlabelled_images))
-    n_pool = sum(len(a) for a in pool_images)
-    n_cal = min(config.bn_recalibration, n_pool)
-    cal_idx = np.unique(np.linspace(0, n_pool - 1, n_cal).round().astype(int)) if n_cal else []
-    cal_images = np.concatenate(pool_images)[cal_idx] if n_cal else None
-
-    def recalibrate() -> None:
-        if cal_images is not None:
-            _set_train_mode(model)
-            recalibrate_batchnorm(model, cal_images, reconstructor=sdnet)
-
-    def batch(x: torch.Tensor, idx: np.ndarray, m: torch.Tensor | None = None):
-        xb = x[idx][:, None].to(device, non_blocking=True)
-        mb = None if m is None else m[idx][:, None].to(device, non_blocking=True)
-        return augment_batch(xb, mb, config.augment, gen)
-
-    def update(
-        opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor
-    ) -> bool:
-        """One optimiser step on ``loss``; False (and no update) when the loss is not finite."""
-        if not math.isfinite(loss.item()):
-            return False
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        return True
-
-    def g_step(loss: torch.Tensor) -> bool:
-        """One generator update (see ``update``)."""
-        return update(opt_g, scaler_g, loss)
-
-    best_state: dict[str, torch.Tensor] | None = None
-    best_dice: float | None = None  # validation Dice of the kept weights
-    best_l1: float | None = None  # and their reconstruction L1 (sdnet)
-    best_score: float | None = None  # the selection score of the kept weights (higher = better)
-    best_iter: int | None = None
-    stale_epochs = 0
-
-    def validate(progress: Progress) -> bool:
-        """Validate, keep the weights if best; True when the selection score improved."""
-        nonlocal best_state, best_dice, best_l1, best_score, best_iter
-        recalibrate()
-        # one pass over the validation images serves both scores
-        outputs = predict_slices(model, data.val_images, batch_size=32)
-        dice_val = validation_dice(
-            model, data.val_images, data.val_masks, data.val_volume_ids, outputs
-        )
-        if sdnet:
-            progress.val_recon_l1 = validation_recon_l1(model, data.val_images, outputs)
-        _set_train_mode(model)
-        score = dice_val if config.select_on == "dice" else -progress.val_recon_l1
-        improved = best_score is None or score > best_score
-        if improved:
-            best_dice, best_score, best_iter = dice_val, score, progress.iteration
-            best_l1 = progress.val_recon_l1
-            best_state = _cpu_state(model)
-        progress.val_dice = dice_val
-        progress.best_val_dice = best_dice
-        progress.best_val_recon_l1 = best_l1
-        progress.best_iteration = best_iter
-        return improved
-
-    def run_iteration(ramp: float) -> dict[str, float] | None:
-        """G step (unlabelled), G step (labelled), D step; the losses, or None if not finite.
-
-        ``ramp`` scales the unsupervised and adversarial terms (``TrainConfig.rampup``). Terms
-        whose weight is 0 (e.g. the mask adversarial ones when fine-tuning) are not computed,
-        and a discriminator that no term uses is not trained. A function of its own so that no
-        device tensor outlives the iteration (except the pools of fakes).
-        """
-        losses: dict[str, float] = {}
-        fake_m: list[torch.Tensor] = []
-        fake_x: list[torch.Tensor] = []
-        real_x: list[torch.Tensor] = []
-        # The discriminators only score the generator's outputs here: no gradients for them.
-        _set_requires_grad(d_params, False)
-        try:
-            # ---- generator step on an unlabelled batch
-            if unl_stream is not None and (use_mask_adv or sdnet):
-                xu, _ = batch(unl_x, unl_stream.next())
-                with autocast():
-                    mu, zu = model.decomposer(xu)
-                    loss = xu.new_zeros((), dtype=torch.float32)
-                    if use_mask_adv:
-                        adv_m = lsgan_generator_loss(model.mask_discriminator(mu))
-                        loss = loss + ramp * w.unl_adv_mask * adv_m
-                    if sdnet:
-                        recon_u = model.reconstructor(binarise(mu), zu)
-                        l1 = F.l1_loss(recon_u.float(), xu.float())
-                        loss = loss + ramp * w.unl_recon * l1
-                        if use_image_adv:
-                            adv_x = lsgan_generator_loss(model.image_discriminator(recon_u))
-                            loss = loss + ramp * w.unl_adv_image * adv_x
-                        losses["unl_recon_l1"] = l1.item()
-                        fake_x.append(recon_u.detach())
-                        real_x.append(xu)
-                if not g_step(loss):
-                    return None
-                losses["unlabelled"] = loss.item()
-                fake_m.append(mu.detach())
-            # ---- generator step on a labelled batch
-            xl, ml = batch(lab_x, lab_stream.next(), lab_m)
-            with autocast():
-                m, z = model.decomposer(xl)
-                dice = dice_loss(m, ml)
-                loss = w.dice * dice
-                if use_mask_adv:
-                    adv_m = lsgan_generator_loss(model.mask_discriminator(m))
-                    loss = loss + ramp * w.adv_mask * adv_m
-                if sdnet:
-                    recon_gt = model.reconstructor(ml, z)
-                    recon = model.reconstructor(binarise(m), z)
-                    l1_gt = F.l1_loss(recon_gt.float(), xl.float())
-                    l1 = F.l1_loss(recon.float(), xl.float())
-                    loss = loss + w.recon_gt * l1_gt + w.recon * l1
-                    if use_image_adv:
-                        adv_x = lsgan_generator_loss(model.image_discriminator(recon_gt))
-                        loss = loss + ramp * w.adv_image * adv_x
-                    losses["recon_l1"] = l1.item()
-                    fake_x.append(recon_gt.detach())
-                    real_x.append(xl)
-            if not g_step(loss):
-                return None
-            losses["dice_loss"] = dice.item()
-            losses["labelled"] = loss.item()
-            fake_m.append(m.detach())
-        finally:
-            _set_requires_grad(d_params, True)
-        # ---- discriminator step (those that a generator term uses)
-        if opt_d is not None and (use_mask_adv or use_image_adv):
-            with autocast():
-                d_loss = torch.zeros((), device=device)
-                if use_mask_adv:
-                    real_mb = real_m[real_stream.next()][:, None].to(device)
-                    real_mb = _augment_masks(real_mb, config.augment, gen)
-                    fm = pool_m.query(torch.cat(fake_m))
-                    d_loss = d_loss + lsgan_discriminator_loss(
-                        model.mask_discriminator(real_mb), model.mask_discriminator(fm)
-                    )
-                if use_image_adv:
-                    fx = pool_x.query(torch.cat(fake_x))
-                    d_loss = d_loss + lsgan_discriminator_loss(
-                        model.image_discriminator(torch.cat(real_x)),
-                        model.image_discriminator(fx),
-                    )
-            losses["discriminators"] = d_loss.item()
-            if not update(opt_d, scaler_d, d_loss):
-                return None
-        return losses
-
-    start = time.perf_counter()
-    iteration = 0
+    run = _Run(model, data, config)
+    if resume is not None:
+        if resume.snapshot is not None:
+            try:
+                run.restore(resume.snapshot)
+            except BaseException:
+                run.finish("stopped")
+                raise
+        resume.capture = run.snapshot
     stop_reason = "budget"
     _set_train_mode(model)
     try:
-        while max_iter is None or iteration < max_iter:
+        while run.max_iter is None or run.iteration < run.max_iter:
             # Grad mode is per thread: a caller (a reused worker thread) may have left it off.
             torch.set_grad_enabled(True)
-            if config.lr_schedule == "cosine":
-                done = iteration / max_iter if max_iter else 0.0
-                if config.max_seconds is not None:
-                    done = max(done, (time.perf_counter() - start) / config.max_seconds)
-                lr = cosine_lr(config.lr, done)
-                for opt in filter(None, (opt_g, opt_d)):
-                    for group in opt.param_groups:
-                        group["lr"] = lr
-            losses = run_iteration(rampup_factor(iteration, config.rampup))
+            run.set_lr()
+            losses = run.iterate(rampup_factor(run.iteration, config.rampup))
             if losses is None:
                 stop_reason = "diverged"
                 break
-
-            iteration += 1
-            epoch = (iteration - 1) // per_epoch + 1
-            elapsed = time.perf_counter() - start
-            progress = Progress(
-                iteration=iteration,
-                epoch=epoch,
-                iterations_per_epoch=per_epoch,
-                max_iterations=max_iter,
-                elapsed=elapsed,
-                losses=losses,
-                best_val_dice=best_dice,
-                best_val_recon_l1=best_l1,
-                best_iteration=best_iter,
-            )
-            out_of_time = config.max_seconds is not None and elapsed >= config.max_seconds
-            last = out_of_time or (max_iter is not None and iteration >= max_iter)
-            end_of_epoch = iteration % per_epoch == 0
+            run.iteration += 1
+            progress = run.progress(losses)
+            epoch = progress.epoch
+            out_of_time = config.max_seconds is not None and progress.elapsed >= config.max_seconds
+            last = out_of_time or (run.max_iter is not None and run.iteration >= run.max_iter)
+            end_of_epoch = run.iteration % run.per_epoch == 0
             scheduled = end_of_epoch and epoch % config.validate_every == 0
-            if has_val and (scheduled or last):
-                improved = validate(progress)
+            if run.has_val and (scheduled or last):
+                improved = run.validate(progress)
                 if scheduled:
-                    stale_epochs = 0 if improved else stale_epochs + config.validate_every
+                    run.stale_epochs = 0 if improved else run.stale_epochs + config.validate_every
             yield progress
             if out_of_time:
                 stop_reason = "time"
                 break
-            if has_val and config.patience is not None and stale_epochs >= config.patience:
+            if run.has_val and config.patience is not None and run.stale_epochs >= config.patience:
                 stop_reason = "early_stopping"
                 break
     except GeneratorExit:
         stop_reason = "stopped"
         raise
     finally:
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        elif iteration > 0 and stop_reason != "diverged":
-            recalibrate()  # no validated weights: keep the last ones, with matching statistics
-        model.eval()
-        for name, param in model.named_parameters():
-            param.requires_grad_(original_flags[name])
-        # Release everything that holds device memory (the model itself stays where it is).
-        pool_m.items.clear()
-        pool_x.items.clear()
-        opt_g.state.clear()
-        if opt_d is not None:
-            opt_d.state.clear()
-        best_state = None
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    final = Progress(
-        iteration=iteration,
-        epoch=(iteration - 1) // per_epoch + 1 if iteration else 0,
-        iterations_per_epoch=per_epoch,
-        max_iterations=max_iter,
-        elapsed=time.perf_counter() - start,
-        best_val_dice=best_dice,
-        best_val_recon_l1=best_l1,
-        best_iteration=best_iter,
-        done=True,
-        stop_reason=stop_reason,
-    )
+        run.finish(stop_reason)
+    final = run.progress({})
+    final.done, final.stop_reason = True, stop_reason
     yield final
     return final
 
