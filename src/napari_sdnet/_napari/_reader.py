@@ -1,4 +1,4 @@
-"""npe2 reader: open NIfTI (``.nii`` / ``.nii.gz``) cardiac MR images and label maps.
+"""npe2 readers: NIfTI (``.nii`` / ``.nii.gz``) images and label maps, and DICOM cine series.
 
 Images become ``image`` layers, label maps (see :func:`napari_sdnet.io.nifti.looks_like_labels`)
 become ``labels`` layers. Both get the voxel spacing as ``scale`` (4D: the time step, in the
@@ -7,7 +7,13 @@ carries its geometry in ``metadata["sdnet_geometry"]`` (see
 :meth:`napari_sdnet.io.nifti.Geometry.to_metadata`) and its file in ``metadata["source_path"]``;
 the writer uses that geometry to save masks that line up with the source file.
 
-nibabel and NumPy are imported only when a file is actually read.
+DICOM (:func:`get_dicom_reader`): a folder (File > Open Folder), one ``.dcm`` file (its series)
+or several ``.dcm`` files; every image series in it that forms a regular stack opens as one
+``(t, z, y, x)`` (or ``(z, y, x)``) image layer, see :mod:`napari_sdnet.io.dicom`; series that
+are skipped (SR, SEG, secondary capture, inconsistent stacks) are named in a warning. The layer
+metadata also holds ``metadata["sdnet_dicom"]`` (the source images, for DICOM SEG export).
+
+nibabel, pydicom and NumPy are imported only when a file is actually read.
 """
 
 from __future__ import annotations
@@ -57,6 +63,57 @@ def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
         except OSError:
             return None
     return read_layers
+
+
+def get_dicom_reader(path: str | Sequence[str]) -> ReaderFunction | None:
+    """Return :func:`read_dicom_layers` for a folder holding DICOM files, a DICOM file or a list
+    of DICOM files, else ``None`` (never raises; only the DICM preamble is checked)."""
+    try:
+        from napari_sdnet.io.dicom import is_dicom_file, looks_like_dicom_folder
+
+        paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+        if not paths or not all(isinstance(p, str | os.PathLike) for p in paths):
+            return None
+        if len(paths) == 1 and Path(paths[0]).is_dir():
+            return read_dicom_layers if looks_like_dicom_folder(paths[0]) else None
+        if all(Path(p).is_file() and is_dicom_file(p) for p in paths):
+            return read_dicom_layers
+    except Exception:
+        return None
+    return None
+
+
+def read_dicom_layers(path: str | Sequence[str]) -> list[LayerData]:
+    """One image layer per DICOM image series in a folder (or the series of a file / files).
+
+    Skipped series are reported with a warning; raises
+    :class:`napari_sdnet.errors.InputError` when nothing can be opened (nothing is added).
+    """
+    from napari_sdnet.io.dicom import DICOM_METADATA_KEY, read_dicom, read_dicom_all
+
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        volumes, skipped = read_dicom_all(paths[0])
+        for message in skipped:
+            warnings.warn(message, UserWarning, stacklevel=2)
+    elif len(paths) == 1:
+        volumes = [read_dicom(paths[0])]
+    else:
+        volumes = [read_dicom(paths)]
+    layers = []
+    for volume in volumes:
+        data, kwargs, kind = _layer_data(volume)
+        info = volume.dicom
+        if info is not None:
+            folder = Path(info.folder)
+            base = folder.name if folder.is_dir() else folder.parent.name
+            kwargs["name"] = base or kwargs["name"]
+            if len(volumes) > 1 or info.series_description:
+                what = info.series_description or f"series {info.series_number}"
+                kwargs["name"] = " ".join(x for x in (base, what) if x)
+            kwargs["metadata"][DICOM_METADATA_KEY] = info.to_metadata()
+        layers.append((data, kwargs, kind))
+    return layers
 
 
 def read_layers(path: str | Sequence[str]) -> list[LayerData]:
