@@ -1,11 +1,18 @@
-"""Start napari with the plugin: the README's main job (``napari-sdnet view`` / ``demo``)."""
+"""Start napari with the plugin: the README's main job (``napari-sdnet view`` / ``demo``).
+
+``python -m napari_sdnet._napari.launch [--screenshot PNG] [--model M] [--device D]`` (what
+``scripts/demo.sh`` runs) opens the sample study, segments it with the segmentation widget and
+shows the "Cardiac function" widget on the result (:func:`launch_demo`).
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 PLUGIN = "napari-sdnet"
 WIDGET = "SDNet segmentation"
+FUNCTION_WIDGET = "Cardiac function"
 
 
 def open_in_viewer(viewer, paths: list[str] | None = None, sample: bool = True) -> list:
@@ -28,6 +35,29 @@ def dock_segment_widget(viewer, layer=None):
     if layer is not None:
         widget.select_layer(layer)
     return widget
+
+
+def dock_function_widget(viewer, layer=None, tabify: bool = True):
+    """Dock the "Cardiac function" widget (measuring ``layer`` if given); returns the widget.
+
+    ``tabify``: as a tab over the segmentation widget, so the table and curve get the height.
+    """
+    from napari_sdnet._napari._state import unwrap
+
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, FUNCTION_WIDGET, tabify=tabify)
+    widget = unwrap(widget)
+    if layer is not None:
+        widget.select_layer(layer)
+    return widget
+
+
+def _measure_segmentation(segment_widget, function_widget, image) -> None:
+    """Run the function widget on the mask the segmentation widget made for ``image``."""
+    mask = segment_widget.mask_layer_for(image)
+    if mask is not None:
+        function_widget.select_layer(mask)
+        function_widget.measure()
+        function_widget.wait()
 
 
 def _show_mid_slice(viewer, layers: list, sample: bool) -> None:
@@ -85,6 +115,49 @@ def launch_viewer(
     viewer.close()
 
 
+def launch_demo(
+    model: str = "bundled",
+    device: str = "auto",
+    screenshot: str | Path | None = None,
+    frames: str = "all frames",
+) -> None:
+    """The main job: the sample study, segmented, with its cardiac function shown.
+
+    Opens the sample study, docks the segmentation widget and starts segmenting every frame
+    in the background; the "Cardiac function" widget, docked below it, measures the new mask as
+    soon as it arrives (indices table and volume curve). With ``screenshot`` it waits for both,
+    saves the window as a PNG and closes (works under Xvfb); errors are then raised.
+    """
+    import napari
+
+    viewer = napari.Viewer(title="napari-sdnet")
+    layers = open_in_viewer(viewer, None, sample=True)
+    image = layers[0]
+    _show_mid_slice(viewer, layers, sample=True)
+    seg_widget = dock_segment_widget(viewer, image)
+    seg_widget.set_model(model)
+    seg_widget.set_device(device)
+    seg_widget.frames_combo.setCurrentText(frames)
+    function_widget = dock_function_widget(viewer)
+    started = seg_widget.segment(image)
+    if screenshot is None:
+        napari.run()
+        return
+    try:
+        if started is None:
+            from napari_sdnet.errors import InputError
+
+            raise InputError(seg_widget.status.text())
+        seg_widget.wait()
+        if seg_widget.last_error is not None:
+            raise seg_widget.last_error
+        _measure_segmentation(seg_widget, function_widget, image)
+        _save_window(viewer, screenshot, size=(1600, 1000))
+        print(f"screenshot written to {screenshot}")
+    finally:
+        viewer.close()
+
+
 def run_headless_demo(
     output: str | Path,
     model: str = "bundled",
@@ -133,7 +206,36 @@ def run_headless_demo(
         written = widget.export_mask(mask_path, binary=False, overwrite=overwrite)
         if written is None:
             raise InputError(f"could not write {mask_path}: {widget.status.text()}")
-        _save_window(viewer, shot_path)
+        _measure_segmentation(widget, dock_function_widget(viewer), image)
+        _save_window(viewer, shot_path, size=(1600, 1000))
         return [written, shot_path]
     finally:
         viewer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m napari_sdnet._napari.launch``: :func:`launch_demo` (scripts/demo.sh)."""
+    import argparse
+
+    from napari_sdnet.errors import SDNetError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m napari_sdnet._napari.launch",
+        description="napari with the sample study segmented and its cardiac function shown",
+    )
+    parser.add_argument("--screenshot", type=Path, default=None, help="save the window, exit")
+    parser.add_argument("--model", default="bundled", help="'bundled' or a .safetensors file")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    parser.add_argument("--frames", default="all", choices=("all", "current"))
+    args = parser.parse_args(argv)
+    try:
+        frames = {"all": "all frames", "current": "current frame"}[args.frames]
+        launch_demo(args.model, args.device, args.screenshot, frames)
+    except SDNetError as exc:
+        print(f"napari-sdnet demo: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,788 @@
+"""Cardiac function from a label map: volumes, ED/ES, EF and LV mass (no Qt, no napari).
+
+One code path for every label map, whoever drew it (expert contours, a model's segmentation, a
+mask the user corrected in napari): the ``napari-sdnet measure`` command, the napari "Cardiac
+function" widget and :mod:`napari_sdnet.api` all call :func:`measure_labels` (a 4D cine or one
+3D phase) or :func:`measure_ed_es` (an ED and an ES volume). See ``docs/cardiac_function.md``.
+
+Conventions
+-----------
+* Labels: ACDC by default (1 RV cavity, 2 myocardium, 3 LV cavity); ``convention="mnms"`` reads
+  M&Ms / UK Biobank maps (1 LV, 2 myocardium, 3 RV), ``"binary"`` a 0/1 myocardium mask.
+* Volume of a structure = number of its voxels x voxel volume (product of the three spatial
+  spacings, mm^3) / 1000 -> ml. The slice axis counts with the slice *spacing* (the NIfTI
+  ``pixdim``), as in ACDC. No basal-slice or papillary-muscle rule is applied: every labelled
+  voxel counts, and papillary muscles count as whatever they are labelled (ACDC: LV cavity).
+* A structure with no voxel anywhere is **absent** (its volumes are ``None``, never 0), with the
+  reason: not labelled, or not segmented by the model that made the labels. A structure that is
+  present in the study but has no voxel in one frame is "unlabelled on that frame" (``None``
+  there; a real cavity never has zero volume): Sunnybrook-style partial labels work as they are.
+* ED and ES of a cine: the frames of largest and smallest LV cavity volume (among the frames
+  where the LV is labelled; the first such frame on a tie), as the UK Biobank pipeline does.
+  Without an LV cavity (e.g. a myocardium-only model), ED is the first frame (ECG-triggered cines
+  start at the R wave, end-diastole) and ES is undetermined. ``ed=`` / ``es=`` override both.
+* EF = (EDV - ESV) / EDV x 100; SV = EDV - ESV; LV mass = myocardial volume at ED x 1.05 g/ml.
+* Frames are 0-based indices along the file's time axis (ACDC's ``frame01`` is frame 0).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_sdnet.errors import InputError
+
+__all__ = [
+    "EF_PLAUSIBLE",
+    "LABEL_CONVENTIONS",
+    "MYOCARDIAL_DENSITY",
+    "STRUCTURES",
+    "STRUCTURE_NAMES",
+    "CardiacFunction",
+    "measure_ed_es",
+    "measure_labels",
+    "measure_segmentation",
+    "plot_volume_curve",
+    "segmented_structures",
+    "write_csv",
+    "write_json",
+]
+
+#: structure keys, in display order
+STRUCTURES: tuple[str, ...] = ("lv", "rv", "myocardium")
+STRUCTURE_NAMES: dict[str, str] = {"lv": "LV cavity", "rv": "RV cavity", "myocardium": "myocardium"}
+#: label value of each structure, per convention
+LABEL_CONVENTIONS: dict[str, dict[str, int]] = {
+    "acdc": {"rv": 1, "myocardium": 2, "lv": 3},
+    "mnms": {"lv": 1, "myocardium": 2, "rv": 3},
+    "binary": {"myocardium": 1},
+}
+CONVENTION_TEXT: dict[str, str] = {
+    "acdc": "ACDC (1 RV, 2 myocardium, 3 LV)",
+    "mnms": "M&Ms / UK Biobank (1 LV, 2 myocardium, 3 RV)",
+    "binary": "binary (1 myocardium)",
+}
+#: g/ml, the usual myocardial tissue density
+MYOCARDIAL_DENSITY = 1.05
+#: EF (%) outside this range comes with a warning
+EF_PLAUSIBLE = (0.0, 90.0)
+
+_MODES = ("cine", "ed_es", "volume")
+
+
+# --------------------------------------------------------------------------------- helpers
+def _frames_text(indices: Sequence[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    out: list[str] = []
+    idx = sorted(int(i) for i in indices)
+    start = prev = None
+    for i in [*idx, None]:
+        if start is not None and (i is None or i != prev + 1):
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+            start = None
+        if i is not None and start is None:
+            start = i
+        prev = i
+    return ", ".join(out)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _check_convention(convention: str) -> dict[str, int]:
+    key = str(convention).strip().lower()
+    if key not in LABEL_CONVENTIONS:
+        raise InputError(
+            f"unknown label convention {convention!r}; choose one of {', '.join(LABEL_CONVENTIONS)}"
+        )
+    return LABEL_CONVENTIONS[key]
+
+
+def _check_labels(labels: Any, what: str = "labels") -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.dtype.kind == "b":
+        raise InputError(
+            f"{what}: a boolean mask is ambiguous; pass integer labels (e.g. ACDC 1/2/3) or a "
+            "0/1 myocardium mask with convention='binary'"
+        )
+    if arr.dtype.kind not in "iuf":
+        raise InputError(f"{what} must be an integer label map, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise InputError(f"{what} are empty (shape {arr.shape})")
+    if arr.dtype.kind == "f":
+        if not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+            raise InputError(f"{what} hold non-integer values; a label map holds whole numbers")
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind == "i" and int(arr.min()) < 0:
+        raise InputError(f"{what} hold negative values; a label map holds 0, 1, 2, ...")
+    return arr
+
+
+def _spatial_spacing(spacing: Any, ndim: int, what: str) -> tuple[float, ...]:
+    """``(dt?, dz, dy, dx)`` -> validated tuple of length ``ndim`` (or 3 spatial values)."""
+    if spacing is None:
+        raise InputError(f"{what}: a voxel spacing (mm) is needed to measure volumes")
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise InputError(f"{what}: spacing must be numbers, got {spacing!r}") from None
+    if len(values) not in (3, ndim):
+        raise InputError(
+            f"{what}: spacing {values} has {len(values)} values; give one per axis ({ndim}) "
+            "or the spatial (dz, dy, dx)"
+        )
+    if not all(math.isfinite(v) and v > 0 for v in values[-3:]):
+        raise InputError(f"{what}: voxel spacing {values[-3:]} must be positive mm values")
+    return values
+
+
+def _time_step_ms(dt: float | None, unit: str | None) -> float | None:
+    if dt is None or not math.isfinite(dt) or dt <= 0:
+        return None
+    factor = {"msec": 1.0, "ms": 1.0, "sec": 1000.0, "s": 1000.0, "usec": 1e-3, "us": 1e-3}
+    f = factor.get(str(unit or "").lower())
+    return None if f is None else dt * f
+
+
+def _slice_counts(vol: np.ndarray, values: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Voxel counts per slice ``(Z,)`` of each structure in a 3D ``(z, y, x)`` volume."""
+    return {s: np.count_nonzero(vol == v, axis=(1, 2)).astype(np.int64) for s, v in values.items()}
+
+
+def _other_values(vol: np.ndarray, values: Mapping[str, int]) -> set[int]:
+    top = int(vol.max())
+    if top <= 1 << 16:
+        present = np.flatnonzero(np.bincount(vol.ravel().astype(np.intp, copy=False)))
+    else:
+        present = np.unique(vol)
+    return {int(v) for v in present} - {0, *values.values()}
+
+
+# ---------------------------------------------------------------------------------- result
+@dataclass(eq=False)
+class CardiacFunction:
+    """Cardiac function measured from a label map (see the module docstring for the rules).
+
+    Attributes:
+        mode: ``"cine"`` (a 4D cine), ``"ed_es"`` (an ED and an ES volume) or ``"volume"``
+            (one 3D phase).
+        phases: a label per measured phase (``"0"`` ... for a cine, ``"ED"``/``"ES"``).
+        frames: the frame index of each phase (None for two volumes).
+        slice_counts: per structure, per phase, the voxel count of every slice ``(Z,)``.
+        volumes: per structure, per phase, ml (None: unlabelled in that phase / absent).
+        status: per structure, ``"present"`` or why it is absent.
+        ed, es: the phase index of ED and ES (None when undetermined).
+        ed_rule, es_rule: how they were chosen.
+        voxel_ml: the voxel volume of each phase (ml).
+        spacing: the spatial spacing ``(dz, dy, dx)`` (mm) of each phase.
+        time_step_ms: the cine's frame interval in ms (None if unknown).
+        convention: the label convention (``acdc``, ``mnms``, ``binary``).
+        notes, warnings: messages for the user; warnings flag implausible results.
+    """
+
+    mode: str
+    phases: tuple[str, ...]
+    frames: tuple[int | None, ...]
+    slice_counts: dict[str, tuple[np.ndarray, ...]]
+    volumes: dict[str, tuple[float | None, ...]]
+    status: dict[str, str]
+    ed: int | None
+    es: int | None
+    ed_rule: str
+    es_rule: str
+    voxel_ml: tuple[float, ...]
+    spacing: tuple[tuple[float, float, float], ...]
+    time_step_ms: float | None = None
+    convention: str = "acdc"
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    # -- structures --------------------------------------------------------------------------
+    def present(self, structure: str) -> bool:
+        return self.status.get(structure) == "present"
+
+    @property
+    def ed_frame(self) -> int | None:
+        """ED as a frame index of the cine (None for two volumes or undetermined)."""
+        return None if self.ed is None else self.frames[self.ed]
+
+    @property
+    def es_frame(self) -> int | None:
+        return None if self.es is None else self.frames[self.es]
+
+    def _at(self, structure: str, phase: int | None) -> float | None:
+        if phase is None or not self.present(structure):
+            return None
+        return self.volumes[structure][phase]
+
+    def edv(self, structure: str) -> float | None:
+        """Volume (ml) at ED."""
+        return self._at(structure, self.ed)
+
+    def esv(self, structure: str) -> float | None:
+        """Volume (ml) at ES."""
+        return self._at(structure, self.es)
+
+    def sv(self, structure: str) -> float | None:
+        ed, es = self.edv(structure), self.esv(structure)
+        return None if ed is None or es is None else ed - es
+
+    def ef(self, structure: str) -> float | None:
+        """Ejection fraction in percent."""
+        ed, sv = self.edv(structure), self.sv(structure)
+        return None if sv is None or not ed else 100.0 * sv / ed
+
+    @property
+    def lv_mass_g(self) -> float | None:
+        """Myocardial volume at ED x 1.05 g/ml."""
+        myo = self.edv("myocardium")
+        return None if myo is None else myo * MYOCARDIAL_DENSITY
+
+    # -- tables ------------------------------------------------------------------------------
+    def indices(self) -> dict[str, Any]:
+        """The headline numbers (the keys of ``napari-sdnet measure --json``)."""
+        out: dict[str, Any] = {}
+        for s in ("lv", "rv"):
+            out[f"{s}_edv_ml"] = self.edv(s)
+            out[f"{s}_esv_ml"] = self.esv(s)
+            out[f"{s}_sv_ml"] = self.sv(s)
+            out[f"{s}_ef_percent"] = self.ef(s)
+        out["lv_mass_g"] = self.lv_mass_g
+        out["myocardium_ed_ml"] = self.edv("myocardium")
+        out["myocardium_es_ml"] = self.esv("myocardium")
+        out["ed_frame"] = self.ed_frame
+        out["es_frame"] = self.es_frame
+        return out
+
+    def index_rows(self) -> list[tuple[str, str]]:
+        """``(name, value)`` rows for display; absent structures say so."""
+        rows = [("ED", self.phase_text(self.ed, self.ed_rule)),
+                ("ES", self.phase_text(self.es, self.es_rule))]
+        for s in ("lv", "rv"):
+            name = "LV" if s == "lv" else "RV"
+            if not self.present(s):
+                rows.append((f"{name} volumes, EF", self.status[s]))
+                continue
+            rows += [
+                (f"{name} EDV (ml)", _fmt(self.edv(s))),
+                (f"{name} ESV (ml)", _fmt(self.esv(s))),
+                (f"{name} SV (ml)", _fmt(self.sv(s))),
+                (f"{name} EF (%)", _fmt(self.ef(s))),
+            ]
+        if self.present("myocardium"):
+            rows += [
+                ("LV mass (g)", _fmt(self.lv_mass_g)),
+                ("myocardium at ED (ml)", _fmt(self.edv("myocardium"))),
+                ("myocardium at ES (ml)", _fmt(self.esv("myocardium"))),
+            ]
+        else:
+            rows.append(("LV mass, myocardium", self.status["myocardium"]))
+        return rows
+
+    def phase_text(self, phase: int | None, rule: str) -> str:
+        if phase is None:
+            return f"undetermined ({rule})"
+        if self.frames[phase] is not None:
+            where = f"frame {self.frames[phase]}"
+        else:
+            where = "the volume" if self.mode == "volume" else f"the {self.phases[phase]} volume"
+        return f"{where} ({rule})" if rule else where
+
+    def per_frame_rows(self) -> list[dict[str, Any]]:
+        """One row per phase: ``phase, frame, time_ms, lv_ml, rv_ml, myocardium_ml, ed, es``."""
+        rows = []
+        for i, label in enumerate(self.phases):
+            t = None
+            if self.time_step_ms is not None and self.frames[i] is not None:
+                t = self.frames[i] * self.time_step_ms
+            row: dict[str, Any] = {"phase": label, "frame": self.frames[i], "time_ms": t}
+            for s in STRUCTURES:
+                row[f"{s}_ml"] = self._at(s, i)
+            row["ed"] = i == self.ed
+            row["es"] = i == self.es
+            rows.append(row)
+        return rows
+
+    def per_slice_rows(self) -> list[dict[str, Any]]:
+        """One row per phase and slice: ``phase, frame, slice, lv_ml, rv_ml, myocardium_ml``."""
+        rows = []
+        for i, label in enumerate(self.phases):
+            n_slices = len(next(iter(self.slice_counts.values()))[i])
+            for z in range(n_slices):
+                row: dict[str, Any] = {"phase": label, "frame": self.frames[i], "slice": z}
+                for s in STRUCTURES:
+                    ok = self._at(s, i) is not None
+                    ml = float(self.slice_counts[s][i][z] * self.voxel_ml[i])
+                    row[f"{s}_ml"] = ml if ok else None
+                rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-friendly (None for absent values)."""
+        return {
+            **self.indices(),
+            "mode": self.mode,
+            "n_phases": len(self.phases),
+            "ed_rule": self.ed_rule,
+            "es_rule": self.es_rule,
+            "label_convention": CONVENTION_TEXT.get(self.convention, self.convention),
+            "structures": {s: self.status[s] for s in STRUCTURES},
+            "voxel_volume_ml": list(self.voxel_ml),
+            "spacing_mm": [list(s) for s in self.spacing],
+            "time_step_ms": self.time_step_ms,
+            "myocardial_density_g_per_ml": MYOCARDIAL_DENSITY,
+            "basal_slice_rule": "none: every labelled voxel counts",
+            "notes": list(self.notes),
+            "warnings": list(self.warnings),
+            "per_frame": self.per_frame_rows(),
+            "per_slice": self.per_slice_rows(),
+        }
+
+    def csv_text(self) -> str:
+        """The per-frame volumes as CSV (empty cells for absent / unlabelled)."""
+        buf = io.StringIO()
+        rows = self.per_frame_rows()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        return buf.getvalue()
+
+    def format_table(self, per_frame: bool = True) -> str:
+        """A readable summary for a terminal."""
+        lines = [f"{name:<24} {value}" for name, value in self.index_rows()]
+        if per_frame and len(self.phases) > 1:
+            lines.append("")
+            lines.append(f"{'phase':>6} {'LV (ml)':>9} {'RV (ml)':>9} {'myo (ml)':>9}")
+            for row in self.per_frame_rows():
+                mark = " ED" if row["ed"] else (" ES" if row["es"] else "")
+                if row["ed"] and row["es"]:
+                    mark = " ED ES"
+                lines.append(
+                    f"{row['phase']:>6} {_fmt(row['lv_ml']):>9} {_fmt(row['rv_ml']):>9} "
+                    f"{_fmt(row['myocardium_ml']):>9}{mark}"
+                )
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- measuring
+def _phase_index(value: Any, n: int, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise InputError(f"{name} must be a frame number, got {value!r}")
+    if not 0 <= int(value) < n:
+        raise InputError(f"{name} frame {value} is outside the cine (frames 0-{n - 1})")
+    return int(value)
+
+
+def _build(
+    mode: str,
+    volumes3d: Sequence[np.ndarray],
+    spacings: Sequence[tuple[float, float, float]],
+    frames: tuple[int | None, ...],
+    phases: tuple[str, ...],
+    *,
+    convention: str,
+    structures: Sequence[str] | None,
+    source: str | None,
+    ed: int | None,
+    es: int | None,
+    time_step_ms: float | None,
+) -> CardiacFunction:
+    values = _check_convention(convention)
+    not_segmented = "not segmented" if not source else f"{source} does not segment it"
+    expected = set(STRUCTURES if structures is None else structures)
+    unknown = expected - set(STRUCTURES)
+    if unknown:
+        raise InputError(f"unknown structure(s) {sorted(unknown)}; known: {', '.join(STRUCTURES)}")
+    notes: list[str] = []
+    warns: list[str] = []
+
+    others: set[int] = set()
+    counts: dict[str, list[np.ndarray]] = {s: [] for s in STRUCTURES}
+    for vol in volumes3d:
+        others |= _other_values(vol, values)
+        c = _slice_counts(vol, values)
+        for s in STRUCTURES:
+            counts[s].append(c.get(s, np.zeros(vol.shape[0], np.int64)))
+    if others:
+        warns.append(
+            f"label value(s) {sorted(others)} are not {CONVENTION_TEXT[convention]} labels and "
+            "were ignored; wrong convention?"
+        )
+    voxel_ml = tuple(float(np.prod(sp)) / 1000.0 for sp in spacings)
+
+    status: dict[str, str] = {}
+    volumes: dict[str, tuple[float | None, ...]] = {}
+    for s in STRUCTURES:
+        totals = [int(c.sum()) for c in counts[s]]
+        name = STRUCTURE_NAMES[s]
+        if s not in values:
+            status[s] = f"absent: {CONVENTION_TEXT[convention]} labels have no {name}"
+        elif not any(totals):
+            status[s] = (
+                f"absent: {not_segmented}" if s not in expected
+                else f"absent: no voxel labelled {values[s]}"
+            )
+        else:
+            status[s] = "present"
+            if s not in expected:
+                notes.append(f"{name} found although {not_segmented} (painted by hand?)")
+        volumes[s] = tuple(
+            (n * v if n else None) if status[s] == "present" else None
+            for n, v in zip(totals, voxel_ml, strict=True)
+        )
+        missing = [i for i, n in enumerate(totals) if n == 0]
+        if status[s] == "present" and missing and mode == "cine":
+            notes.append(
+                f"{name} is unlabelled on {len(missing)} of {len(totals)} frames "
+                f"({_frames_text(missing)}): no volume there"
+            )
+        if status[s] == "present" and missing and mode == "ed_es":
+            warns.append(f"{name} is labelled in one of the two volumes only ({phases[missing[0]]} "
+                         "has none)")
+    only_ones = [status[s] == "present" for s in ("rv", "myocardium", "lv")] == [True, False, False]
+    if convention == "acdc" and only_ones:
+        warns.append(
+            "the labels hold only 0 and 1 (the RV cavity in ACDC); for a binary myocardium "
+            "mask use the 'binary' convention"
+        )
+
+    # ED / ES
+    n = len(phases)
+    ed_rule = es_rule = ""
+    lv = volumes["lv"]
+    labelled_lv = [i for i in range(n) if lv[i] is not None]
+    if mode == "ed_es":
+        auto_ed, auto_es = 0, 1
+        ed_rule = es_rule = "given as input"
+    elif mode == "volume":
+        auto_ed = auto_es = None
+        ed_rule = es_rule = "one phase: pass ed=0 / es=0 to name it"
+    elif labelled_lv:
+        auto_ed = max(labelled_lv, key=lambda i: (lv[i], -i))
+        auto_es = min(labelled_lv, key=lambda i: (lv[i], i))
+        ed_rule, es_rule = "largest LV cavity volume", "smallest LV cavity volume"
+    else:
+        auto_ed, auto_es = 0, None
+        ed_rule = "first frame; no LV cavity"
+        es_rule = "no LV cavity; set it by hand"
+        notes.append(
+            "no LV cavity: ED is taken as frame 0 (an ECG-triggered cine starts at the R wave, "
+            "end-diastole) and ES is undetermined; set ED/ES to override"
+        )
+    if ed is not None:
+        auto_ed, ed_rule = ed, "set by the user"
+    if es is not None:
+        auto_es, es_rule = es, "set by the user"
+    ed, es = auto_ed, auto_es
+    if mode == "cine" and ed is not None and ed == es and n > 1:
+        warns.append(f"ED and ES are the same frame ({frames[ed]}): EF is 0")
+
+    missing = [s for s in ("lv", "rv") if s not in expected and status[s] != "present"]
+    if missing and structures is not None:
+        made = " and ".join(STRUCTURE_NAMES[s] for s in STRUCTURES if s in expected)
+        notes.insert(
+            0,
+            f"{' and '.join(STRUCTURE_NAMES[s] for s in missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} absent: {source or 'the label source'} "
+            f"segments the {made} only, so there is no EDV, ESV, SV or EF for "
+            f"{'it' if len(missing) == 1 else 'them'}",
+        )
+    result = CardiacFunction(
+        mode=mode,
+        phases=phases,
+        frames=frames,
+        slice_counts={s: tuple(counts[s]) for s in STRUCTURES},
+        volumes=volumes,
+        status=status,
+        ed=ed,
+        es=es,
+        ed_rule=ed_rule,
+        es_rule=es_rule,
+        voxel_ml=voxel_ml,
+        spacing=tuple(tuple(float(v) for v in sp) for sp in spacings),
+        time_step_ms=time_step_ms,
+        convention=convention,
+        notes=notes,
+        warnings=warns,
+    )
+    _plausibility(result)
+    return result
+
+
+def _plausibility(r: CardiacFunction) -> None:
+    """Warnings for implausible results: EF range, slice gaps, single-slice structures."""
+    for s in ("lv", "rv"):
+        ef = r.ef(s)
+        lo, hi = EF_PLAUSIBLE
+        if ef is not None and not lo <= ef <= hi:
+            r.warnings.append(
+                f"{s.upper()} EF {ef:.1f} % is outside {lo:.0f}-{hi:.0f} %: check the labels "
+                "(ED/ES frames, missing slices, swapped LV/RV convention)"
+            )
+    if r.present("lv") and r.ed is not None and r.edv("lv") is not None:
+        if not r.present("myocardium"):
+            r.notes.append("no myocardium: no LV mass")
+    for phase, which in ((r.ed, "ED"), (r.es, "ES")):
+        if phase is None or (which == "ES" and phase == r.ed):
+            continue
+        where = which if r.frames[phase] is None else f"{which} (frame {r.frames[phase]})"
+        for s in STRUCTURES:
+            if r._at(s, phase) is None:
+                continue
+            on = np.flatnonzero(r.slice_counts[s][phase])
+            name = STRUCTURE_NAMES[s]
+            if len(on) == 1:
+                r.warnings.append(f"{name} is labelled on one slice only ({on[0]}) at {where}")
+            labelled = set(on.tolist())
+            gaps = [z for z in range(on[0], on[-1] + 1) if z not in labelled]
+            if gaps:
+                r.warnings.append(
+                    f"{name} has unlabelled slice(s) {_frames_text(gaps)} between labelled "
+                    f"slices {on[0]}-{on[-1]} at {where}: missing slices?"
+                )
+        if which == "ED" and r._at("lv", phase) is not None and r._at("myocardium", phase):
+            lv_only = np.flatnonzero(
+                (r.slice_counts["lv"][phase] > 0) & (r.slice_counts["myocardium"][phase] == 0)
+            )
+            if len(lv_only):
+                r.warnings.append(
+                    f"at {where} the LV cavity is labelled without myocardium on slice(s) "
+                    f"{_frames_text(lv_only)}: LV mass may be underestimated"
+                )
+
+
+def measure_labels(
+    labels: Any,
+    spacing: Sequence[float],
+    *,
+    ed: int | None = None,
+    es: int | None = None,
+    convention: str = "acdc",
+    structures: Sequence[str] | None = None,
+    source: str | None = None,
+    time_unit: str | None = None,
+) -> CardiacFunction:
+    """Measure a 4D cine ``(t, z, y, x)`` or one 3D phase ``(z, y, x)`` label map.
+
+    Args:
+        labels: integer label map (napari axis order).
+        spacing: per axis (``(dt, dz, dy, dx)`` / ``(dz, dy, dx)``, mm; ``dt`` in ``time_unit``)
+            or the spatial ``(dz, dy, dx)``; e.g. ``Geometry.spacing``.
+        ed, es: override the ED / ES frame (0-based).
+        convention: ``"acdc"`` (default), ``"mnms"`` or ``"binary"``.
+        structures: what the label source can produce (None: all three). Absent structures
+            outside it are reported as "``source`` does not segment it".
+        source: who made the labels, for messages (e.g. ``"the model"``).
+        time_unit: the unit of ``dt`` (``msec``, ``sec``; NIfTI ``xyzt_units``), for times.
+
+    Raises:
+        InputError: not 3D/4D, non-integer or negative values, bad spacing, ED/ES out of range.
+    """
+    arr = _check_labels(labels)
+    if arr.ndim not in (3, 4):
+        raise InputError(
+            f"labels must be a 3D (z, y, x) phase or a 4D (t, z, y, x) cine; got shape {arr.shape}"
+        )
+    sp = _spatial_spacing(spacing, arr.ndim, "labels")
+    _check_convention(convention)
+    if arr.ndim == 3:
+        ed_i, es_i = _phase_index(ed, 1, "ED"), _phase_index(es, 1, "ES")
+        return _build(
+            "volume", [arr], [sp[-3:]], (None,), ("volume",), convention=convention,
+            structures=structures, source=source,
+            ed=ed_i, es=es_i, time_step_ms=None,
+        )
+    n = arr.shape[0]
+    dt = sp[0] if len(sp) == 4 else None
+    return _build(
+        "cine" if n > 1 else "volume",
+        list(arr),
+        [sp[-3:]] * n,
+        tuple(range(n)),
+        tuple(str(i) for i in range(n)),
+        convention=convention,
+        structures=structures,
+        source=source,
+        ed=_phase_index(ed, n, "ED"),
+        es=_phase_index(es, n, "ES"),
+        time_step_ms=_time_step_ms(dt, time_unit),
+    )
+
+
+def measure_ed_es(
+    ed_labels: Any,
+    es_labels: Any,
+    spacing: Sequence[float],
+    es_spacing: Sequence[float] | None = None,
+    *,
+    convention: str = "acdc",
+    structures: Sequence[str] | None = None,
+    source: str | None = None,
+) -> CardiacFunction:
+    """Measure an end-diastole and an end-systole 3D ``(z, y, x)`` label map.
+
+    ``spacing`` is the ED volume's ``(dz, dy, dx)`` (mm); ``es_spacing`` the ES volume's
+    (default: the same). Other arguments as :func:`measure_labels`; ``ed_frame``/``es_frame``
+    are None.
+    """
+    vols = []
+    for arr, what in ((ed_labels, "ED labels"), (es_labels, "ES labels")):
+        arr = _check_labels(arr, what)
+        if arr.ndim != 3:
+            raise InputError(f"{what} must be a 3D (z, y, x) volume; got shape {arr.shape}")
+        vols.append(arr)
+    sp_ed = _spatial_spacing(spacing, 3, "ED labels")
+    sp_es = _spatial_spacing(spacing if es_spacing is None else es_spacing, 3, "ES labels")
+    result = _build(
+        "ed_es", vols, [sp_ed[-3:], sp_es[-3:]], (None, None), ("ED", "ES"),
+        convention=convention, structures=structures, source=source,
+        ed=None, es=None, time_step_ms=None,
+    )
+    if vols[0].shape[0] != vols[1].shape[0]:
+        result.warnings.append(
+            f"the ED volume has {vols[0].shape[0]} slices and the ES volume {vols[1].shape[0]}"
+        )
+    return result
+
+
+# ----------------------------------------------------------------------- model segmentations
+def segmented_structures(segmentation: Any) -> tuple[str, ...]:
+    """The structures a :class:`~napari_sdnet.api.Segmentation`'s ``labels()`` can hold.
+
+    A segmentation that declares ``structures`` (a multi-structure model) is taken at its word;
+    otherwise a binary mask (values 0/1, today's SDNet models) is the myocardium only and any
+    other mask is taken to hold ACDC labels 1/2/3.
+    """
+    declared = getattr(segmentation, "structures", None)
+    if declared:
+        return tuple(declared)
+    mask = np.asarray(segmentation.mask)
+    if mask.size == 0 or int(mask.max()) <= 1:
+        return ("myocardium",)
+    return STRUCTURES
+
+
+def _labels_of(segmentation: Any) -> np.ndarray:
+    labels = getattr(segmentation, "labels", None)
+    return np.asarray(labels() if callable(labels) else segmentation.mask)
+
+
+def measure_segmentation(
+    segmentation: Any,
+    spacing: Sequence[float],
+    es_segmentation: Any = None,
+    es_spacing: Sequence[float] | None = None,
+    *,
+    ed: int | None = None,
+    es: int | None = None,
+    time_unit: str | None = None,
+) -> CardiacFunction:
+    """Measure a model's segmentation (a cine, or an ED and an ES one) in ACDC labels.
+
+    Structures the model does not segment are reported as absent *because* of that (today's
+    models: LV and RV cavities); a model whose ``labels()`` hold ACDC 1/2/3 works unchanged.
+    """
+    structures = segmented_structures(segmentation)
+    if es_segmentation is not None:
+        structures = tuple(dict.fromkeys((*structures, *segmented_structures(es_segmentation))))
+        return measure_ed_es(
+            _labels_of(segmentation), _labels_of(es_segmentation), spacing, es_spacing,
+            structures=structures, source="the model",
+        )
+    return measure_labels(
+        _labels_of(segmentation), spacing, ed=ed, es=es, structures=structures,
+        source="the model", time_unit=time_unit,
+    )
+
+
+# ------------------------------------------------------------------------------ the curve
+#: curve colours (matplotlib names)
+COLOURS = {"lv": "tab:red", "rv": "tab:blue", "myocardium": "0.35"}
+
+
+def plot_volume_curve(result: CardiacFunction, ax: Any) -> Any:
+    """Draw the volume-time curve (LV, RV, dashed myocardium; ED and ES marked) on a
+    matplotlib ``Axes`` (no pyplot, no Qt: the widget hands its own axes). Returns ``ax``."""
+    r = result
+    x = np.arange(len(r.phases))
+    for s in STRUCTURES:
+        if r.present(s):
+            y = [math.nan if v is None else v for v in r.volumes[s]]
+            ax.plot(x, y, marker=".", color=COLOURS[s], label=STRUCTURE_NAMES[s],
+                    linestyle="--" if s == "myocardium" else "-", linewidth=1.2)
+    absent = [STRUCTURE_NAMES[s] for s in ("lv", "rv") if not r.present(s)]
+    if absent:
+        ax.text(0.02, 0.04, f"absent: {', '.join(absent)}", fontsize=7, transform=ax.transAxes,
+                color="0.3")
+    for idx, name in ((r.ed, "ED"), (r.es, "ES")):
+        if idx is not None:
+            ax.axvline(idx, color="0.5", linestyle=":", linewidth=1)
+            ax.text(idx, 1.01, name, fontsize=7, ha="center", transform=ax.get_xaxis_transform())
+    if r.mode == "cine":
+        ax.set_xticks(x if len(x) <= 12 else x[:: math.ceil(len(x) / 10)])
+    else:
+        ax.set_xticks(x, list(r.phases))
+    if any(r.present(s) for s in STRUCTURES):
+        ax.legend(fontsize=7, loc="upper right", framealpha=0.6)
+    ax.set_xlabel("frame" if r.mode == "cine" else "phase", fontsize=8)
+    ax.set_ylabel("volume (ml)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    return ax
+
+
+# ---------------------------------------------------------------------------------- writing
+def _atomic_write_text(path: str | os.PathLike[str], text: str, overwrite: bool) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: file exists; refusing to overwrite (pass --overwrite)")
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json(
+    result: CardiacFunction,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write :meth:`CardiacFunction.to_dict` (plus ``extra``, e.g. the inputs) atomically."""
+    data = {**result.to_dict(), **(extra or {})}
+    return _atomic_write_text(path, json.dumps(data, indent=1) + "\n", overwrite)
+
+
+def write_csv(
+    result: CardiacFunction, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """Write the per-frame volumes (:meth:`CardiacFunction.csv_text`) atomically."""
+    return _atomic_write_text(path, result.csv_text(), overwrite)
