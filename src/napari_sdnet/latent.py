@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_sdnet.errors import InputError
+from napari_sdnet.io.files import atomic_write
 from napari_sdnet.preprocess import SliceGrid, restore_image
 
 if TYPE_CHECKING:
@@ -431,18 +431,12 @@ def save_figure3(
     if path.exists() and not overwrite:
         raise InputError(f"{path}: file exists; refusing to overwrite (pass overwrite=True)")
     figure = draw_figure3(panels)
-    # a new file in the same folder (created with the user's umask, unlike mkstemp's 0600),
-    # moved into place: readers never see a half-written PNG
-    tmp = path.with_name(f".{path.stem}.sdnet-tmp-{uuid.uuid4().hex[:12]}.png")
     try:
-        with open(tmp, "xb") as fh:
-            figure.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, path)
+        with atomic_write(path, overwrite=overwrite) as tmp:
+            with open(tmp, "xb") as fh:
+                figure.savefig(fh, format="png", dpi=dpi)
     except OSError as exc:
         raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -46,7 +46,6 @@ import binascii
 import math
 import os
 import re
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ import nibabel as nib
 import numpy as np
 
 from napari_sdnet.errors import InputError
+from napari_sdnet.io.files import atomic_write
 
 __all__ = [
     "LABEL_SUFFIXES",
@@ -381,6 +381,8 @@ def read_nifti(path: str | os.PathLike[str]) -> NiftiVolume:
         raise InputError(f"{path}: is a directory, not a NIfTI file")
     try:
         img = nib.load(str(path), mmap=False)
+    except PermissionError as exc:
+        raise InputError(f"{path}: permission denied (the file cannot be read)") from exc
     except Exception as exc:
         raise InputError(f"{path}: not a readable NIfTI file ({_short(exc)})") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
@@ -419,6 +421,14 @@ def read_nifti(path: str | os.PathLike[str]) -> NiftiVolume:
         elif raw.dtype.kind == "f":
             raw = raw.astype(_smallest_int_dtype(raw))
     else:
+        if raw.dtype.kind == "f" and raw.dtype.itemsize > 4 and raw.size:
+            finite = raw[np.isfinite(raw)]
+            big = float(np.abs(finite).max()) if finite.size else 0.0
+            if big > np.finfo(np.float32).max:
+                raise InputError(
+                    f"{path}: values up to {big:.3g} do not fit in float32 (largest "
+                    f"{np.finfo(np.float32).max:.3g}); rescale the image"
+                )
         raw = raw.astype(np.float32, copy=False)
     data = raw.T  # (x, y[, z[, t]]) -> napari order; F-ordered on disk, so C-contiguous here
 
@@ -559,16 +569,15 @@ def write_nifti(
     img = image_cls(arr, hdr.get_best_affine(), header=hdr)
     img.set_data_dtype(out_dtype)
 
-    tmp = path.with_name(f".{nifti_stem(path)}.sdnet-tmp-{uuid.uuid4().hex[:12]}{suffix}")
     try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
+        with atomic_write(path, overwrite=overwrite) as tmp:
+            # nibabel picks gzip from the name: the temporary name keeps the suffix
+            named = tmp.with_name(tmp.name + suffix)
+            try:
+                nib.save(img, str(named))
+                os.replace(named, tmp)
+            finally:
+                named.unlink(missing_ok=True)
     except OSError as exc:
         raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    finally:
-        if tmp.exists():
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
     return path
