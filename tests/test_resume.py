@@ -263,3 +263,47 @@ def test_train_model_checks_the_destination_first(phantom_acdc, tmp_path, small_
     readonly = small_mount("ro")
     with pytest.raises(InputError, match="permission denied|Read-only file system"):
         next(train_model(phantom_acdc, "tiny", output=readonly / "m.safetensors"))
+
+
+# ------------------------------------------------------------------------------ structures
+def test_a_three_structure_model_trains_validates_and_resumes(phantom_acdc, tmp_path):
+    """RV cavity, myocardium and LV cavity as a 3-channel M: targets from the label maps,
+    per-structure validation, the structures in the checkpoint, resumable like any run."""
+    out = tmp_path / "m3.safetensors"
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return "terminated" if len(calls) == 3 else None
+
+    kw = dict(structures=("rv", "myocardium", "lv"), iterations=6, patience=None)
+    gen = _recipe(phantom_acdc, out, stop=stop, **kw)
+    with pytest.raises(StopIteration):
+        while True:
+            next(gen)
+    gen = _recipe(phantom_acdc, out, resume=True, **kw)
+    reports = []
+    with pytest.raises(StopIteration) as done:
+        while True:
+            reports.append(next(gen))
+    result = done.value.value
+    validated = [p for p in reports if p.val_dice is not None]
+    assert validated and set(validated[-1].val_dice_structures) == {"rv", "myocardium", "lv"}
+    assert validated[-1].val_dice == pytest.approx(
+        np.mean(list(validated[-1].val_dice_structures.values()))
+    )
+    model, info = load_checkpoint(out)
+    assert info.model_config.structures == ("rv", "myocardium", "lv")
+    assert result.info.training["iterations"] == 6
+    x = torch.zeros(2, 1, SIZE, SIZE)
+    mask, _ = model.decomposer(x)
+    assert mask.shape == (2, 3, SIZE, SIZE)
+    # starting a myocardium-only run from it is refused, saying why
+    with pytest.raises(InputError, match="it has rv, myocardium, lv"):
+        next(_recipe(phantom_acdc, tmp_path / "x.safetensors", init=out, iterations=2))
+
+
+def test_a_three_structure_model_needs_label_maps(data):
+    three = SDNet(SDNet("tiny").config.replace(structures=("rv", "myocardium", "lv")))
+    with pytest.raises(InputError, match="needs label maps"):
+        next(train(three, data, _config(2)))

@@ -18,3 +18,10 @@ LR_SCHEDULES = ("constant", "cosine")
 LABELLED_BY = ("images", "volumes", "patients")
 #: Where the mask discriminator's real masks come from: all training masks or the labelled ones.
 REAL_MASKS = ("all", "labelled")
+#: Structures a model can segment, in channel order, with their ACDC label values (this
+#: project's convention: 1 RV cavity, 2 myocardium, 3 LV cavity).
+STRUCTURES = ("rv", "myocardium", "lv")
+ACDC_LABELS = {"rv": 1, "myocardium": 2, "lv": 3}
+STRUCTURE_NAMES = {"rv": "RV cavity", "myocardium": "myocardium", "lv": "LV cavity"}
+#: What ``train --structures`` offers: the paper's myocardium alone, or all three.
+STRUCTURE_SETS = {"myocardium": ("myocardium",), "all": STRUCTURES}

@@ -51,6 +51,7 @@ from typing import Literal
 import h5py
 import numpy as np
 
+from napari_sdnet.choices import ACDC_LABELS
 from napari_sdnet.errors import InputError
 from napari_sdnet.io.nifti import LABEL_SUFFIXES, Geometry, is_nifti_path, nifti_stem, read_nifti
 from napari_sdnet.preprocess import (
@@ -76,9 +77,11 @@ __all__ = [
     "load_acdc_nifti",
     "load_cine_nifti",
     "load_dataset",
+    "model_grid_labels",
     "patient_id",
     "read_acdc_split",
     "split_labelled",
+    "structure_channels",
 ]
 
 #: ACDC label value of the myocardium: the model's binary mask is ``labels == MYOCARDIUM``.
@@ -110,6 +113,9 @@ class SliceSet:
         labelled: bool ``(N,)``.
         volume_ids: str ``(N,)``: the volume each slice came from (e.g. ``patient003_frame01``).
         slice_index: int ``(N,)``: 0-based z index of the slice within its volume.
+        labels: uint8 ``(N, S, S)`` ACDC label maps on the model grid (1 RV, 2 myocardium,
+            3 LV; 0 where unlabelled), for models of several structures; ``None`` when not
+            loaded (``to_sliceset(with_labels=True)``).
     """
 
     images: np.ndarray
@@ -117,6 +123,7 @@ class SliceSet:
     labelled: np.ndarray
     volume_ids: np.ndarray
     slice_index: np.ndarray
+    labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.images = np.asarray(self.images, dtype=np.float32)
@@ -132,6 +139,12 @@ class SliceSet:
         for name in ("labelled", "volume_ids", "slice_index"):
             if getattr(self, name).shape != (n,):
                 raise InputError(f"{name} must have {n} entries, got {getattr(self, name).shape}")
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels, dtype=np.uint8)
+            if self.labels.shape != self.images.shape:
+                raise InputError(
+                    f"labels {self.labels.shape} and images {self.images.shape} differ"
+                )
 
     # -- basics -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -178,6 +191,7 @@ class SliceSet:
             labelled=self.labelled[idx],
             volume_ids=self.volume_ids[idx],
             slice_index=self.slice_index[idx],
+            labels=None if self.labels is None else self.labels[idx],
         )
 
     @classmethod
@@ -191,12 +205,14 @@ class SliceSet:
             raise InputError(f"cannot concatenate slice sets of different grid sizes {sizes}")
         if len(sets) == 1:
             return sets[0]
+        with_labels = all(s.labels is not None for s in sets)
         return cls(
             images=np.concatenate([s.images for s in sets]),
             masks=np.concatenate([s.masks for s in sets]),
             labelled=np.concatenate([s.labelled for s in sets]),
             volume_ids=np.concatenate([s.volume_ids for s in sets]),
             slice_index=np.concatenate([s.slice_index for s in sets]),
+            labels=np.concatenate([s.labels for s in sets]) if with_labels else None,
         )
 
     def labelled_part(self) -> SliceSet:
@@ -215,6 +231,7 @@ class SliceSet:
             labelled=np.zeros(len(self), bool),
             volume_ids=self.volume_ids,
             slice_index=self.slice_index,
+            labels=None if self.labels is None else np.zeros_like(self.labels),
         )
 
     def volumes(self) -> list[str]:
@@ -259,8 +276,17 @@ class VolumeRecord:
     geometry: Geometry | None = None
     frame: int | None = None
 
-    def to_sliceset(self) -> SliceSet:
-        """The model-grid slices of this volume as a :class:`SliceSet`."""
+    def model_labels(self) -> np.ndarray:
+        """ACDC label maps ``(z, S, S)`` on the model grid (0 where unlabelled or none)."""
+        if self.labels is None or not np.any(self.labelled):
+            return np.zeros(self.slices.shape, np.uint8)
+        out = model_grid_labels(self.labels, self.grid)
+        out[~np.asarray(self.labelled, bool)] = 0
+        return out
+
+    def to_sliceset(self, with_labels: bool = False) -> SliceSet:
+        """The model-grid slices of this volume as a :class:`SliceSet` (with the model-grid
+        label maps of every structure when ``with_labels``)."""
         n = self.slices.shape[0]
         return SliceSet(
             images=self.slices,
@@ -268,6 +294,7 @@ class VolumeRecord:
             labelled=self.labelled,
             volume_ids=np.full(n, self.volume_id),
             slice_index=np.arange(n),
+            labels=self.model_labels() if with_labels else None,
         )
 
 
@@ -291,6 +318,36 @@ def _model_masks(labels: np.ndarray, grid: SliceGrid) -> np.ndarray:
     myo = (np.asarray(labels) == MYOCARDIUM).astype(np.float32)
     weight = grid.to_model(myo, order=1, cval=0.0, anti_aliasing=False)
     return (weight > 0.5).astype(np.uint8)
+
+
+def structure_channels(labels: np.ndarray, structures: Sequence[str]) -> np.ndarray:
+    """One binary channel per structure, ``(N, C, ...)`` uint8, from ACDC label maps
+    ``(N, ...)`` (``structures`` in model channel order, e.g. ``("rv", "myocardium", "lv")``)."""
+    labels = np.asarray(labels)
+    values = [ACDC_LABELS[name] for name in structures]
+    return np.stack([labels == v for v in values], axis=1).astype(np.uint8)
+
+
+def model_grid_labels(labels: np.ndarray, grid: SliceGrid, n_labels: int = 4) -> np.ndarray:
+    """ACDC label maps ``(..., S, S)`` uint8 on the model grid: every label's one-hot map
+    interpolated linearly, then the arg-max (ties to the lower value, so to background), 0
+    outside the field of view; the rule of
+    :func:`napari_sdnet.preprocess.preprocess_labels`, for all structures at once."""
+    labels = np.asarray(labels)
+    best = None
+    out = None
+    for value in range(n_labels):
+        weight = grid.to_model(
+            (labels == value).astype(np.float32), order=1, cval=float(value == 0),
+            anti_aliasing=False,
+        )  # fmt: skip
+        if best is None:
+            best, out = weight, np.zeros(weight.shape, np.uint8)
+        else:
+            wins = weight > best
+            out[wins] = value
+            best = np.where(wins, weight, best)
+    return out
 
 
 def _collect(records: Iterable[VolumeRecord], config: PreprocessConfig) -> SliceSet:

@@ -14,6 +14,8 @@ from napari_sdnet.model.networks import (
     binarise,
     build_model,
     count_parameters,
+    hard_channels,
+    mask_from_logits,
 )
 from napari_sdnet.model.presets import PRESETS, ModelConfig, get_preset, preset_names
 
@@ -29,5 +31,7 @@ __all__ = [
     "build_model",
     "count_parameters",
     "get_preset",
+    "hard_channels",
+    "mask_from_logits",
     "preset_names",
 ]

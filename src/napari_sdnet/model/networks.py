@@ -39,6 +39,8 @@ __all__ = [
     "SDNet",
     "SDNetOutput",
     "binarise",
+    "hard_channels",
+    "mask_from_logits",
     "build_model",
     "count_parameters",
 ]
@@ -47,10 +49,34 @@ __all__ = [
 def binarise(mask: Tensor) -> Tensor:
     """Round a soft mask to {0, 1} in the forward pass, pass gradients straight through.
 
-    ``mask + (round(mask) - mask).detach()``: the value is ``round(mask)``, the gradient with
-    respect to ``mask`` is the identity. Hard masks (already 0/1) are returned unchanged.
+    One channel (the paper's myocardium mask): ``mask + (round(mask) - mask).detach()``, the
+    value is ``round(mask)``, the gradient with respect to ``mask`` is the identity. Several
+    channels (a multi-channel anatomy factor whose channels and the implied background
+    ``1 - sum`` are a softmax): the one-hot of the arg-max over background and channels, with
+    the same straight-through gradient. Hard masks (already 0/1) are returned unchanged.
     """
-    return mask + (torch.round(mask) - mask).detach()
+    if mask.ndim != 4 or mask.shape[1] == 1:
+        return mask + (torch.round(mask) - mask).detach()
+    return mask + (hard_channels(mask) - mask).detach()
+
+
+def hard_channels(mask: Tensor) -> Tensor:
+    """One-hot (B, C, H, W) of the arg-max over background (``1 - sum``) and the C channels;
+    background wins ties. One channel: ``mask >= 0.5``."""
+    if mask.ndim != 4 or mask.shape[1] == 1:
+        return (mask >= 0.5).to(mask.dtype)
+    background = 1.0 - mask.sum(dim=1, keepdim=True)
+    winner = torch.cat([background, mask], dim=1).argmax(dim=1, keepdim=True)
+    channels = torch.arange(1, mask.shape[1] + 1, device=mask.device).view(1, -1, 1, 1)
+    return (winner == channels).to(mask.dtype)
+
+
+def mask_from_logits(logits: Tensor) -> Tensor:
+    """M from the mask head: sigmoid of one channel, or the structures' part of a softmax over
+    background + structures (channel 0 of ``logits`` is the background)."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits.float(), dim=1)[:, 1:].to(logits.dtype)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -170,13 +196,17 @@ class Decomposer(nn.Module):
         self.up = nn.ModuleList(
             UpLevel(widths[i + 1], widths[i], config) for i in reversed(range(config.depth))
         )
-        self.mask_head = nn.Conv2d(widths[0], 1, 1)
+        self.mask_head = nn.Conv2d(widths[0], config.mask_logit_channels, 1)
         self.z_head = ZHead(config)
 
-    def forward_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mask logits (B, 1, S, S), before the sigmoid, and Z (B, z_dim) in [0, 1].
+    def forward_logits(
+        self, x: Tensor, *, with_z: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """Mask logits and Z (B, z_dim) in [0, 1].
 
-        Use the logits for numerically stable BCE-type losses; ``sigmoid(logits)`` is the mask.
+        Logits: (B, 1, S, S) before the sigmoid for a myocardium-only model, (B, 1 + C, S, S)
+        (background first) before the softmax for C structures; :func:`mask_from_logits` gives M.
+        ``with_z=False`` (inference of the mask alone) skips the Z head and returns None for Z.
         """
         _check_input(x, self.config, "image")
         skips: list[Tensor] = []
@@ -185,15 +215,15 @@ class Decomposer(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        z = self.z_head(x)
+        z = self.z_head(x) if with_z else None
         for up, skip in zip(self.up, reversed(skips), strict=True):
             x = up(x, skip)
         return self.mask_head(x), z
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Soft mask M (B, 1, S, S) in [0, 1] and Z (B, z_dim) in [0, 1]."""
+        """Soft mask M (B, C, S, S) in [0, 1] (C = ``config.n_structures``) and Z (B, z_dim)."""
         logits, z = self.forward_logits(x)
-        return torch.sigmoid(logits), z
+        return mask_from_logits(logits), z
 
 
 class Reconstructor(nn.Module):
@@ -228,9 +258,9 @@ class Reconstructor(nn.Module):
         self.out_conv = nn.Conv2d(width, 1, k, padding=k // 2)
 
     def forward(self, mask: Tensor, z: Tensor) -> Tensor:
-        """Reconstruct the image from a mask (B, 1, S, S) and Z (B, z_dim)."""
+        """Reconstruct the image from a mask (B, C, S, S) and Z (B, z_dim)."""
         cfg = self.config
-        _check_input(mask, cfg, "mask")
+        _check_input(mask, cfg, "mask", channels=cfg.n_structures)
         if z.ndim != 2 or z.shape[1] != cfg.z_dim or z.shape[0] != mask.shape[0]:
             raise InputError(
                 f"Z must have shape ({mask.shape[0]}, {cfg.z_dim}), got {tuple(z.shape)}"
@@ -254,12 +284,13 @@ class Discriminator(nn.Module):
     224 input.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, in_channels: int = 1) -> None:
         super().__init__()
         self.config = config
+        self.in_channels = in_channels
         k = config.disc_kernel
         layers: list[nn.Module] = []
-        in_ch = 1
+        in_ch = in_channels
         for width, stride in zip(config.disc_widths, config.disc_strides, strict=True):
             layers.extend(_same_conv(in_ch, width, k, stride))
             layers.append(nn.LeakyReLU(config.disc_leaky_slope))
@@ -269,7 +300,7 @@ class Discriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Patch scores (B, 1, P, P), unbounded (least-squares GAN targets 0 and 1)."""
-        _check_input(x, self.config, "discriminator input")
+        _check_input(x, self.config, "discriminator input", channels=self.in_channels)
         return self.net(x)
 
 
@@ -300,7 +331,7 @@ class SDNet(nn.Module):
         self.config = config
         self.decomposer = Decomposer(config)
         self.reconstructor = Reconstructor(config)
-        self.mask_discriminator = Discriminator(config)
+        self.mask_discriminator = Discriminator(config, in_channels=config.n_structures)
         self.image_discriminator = Discriminator(config)
         if config.weight_init == "glorot_uniform":
             self.apply(_glorot_init)
@@ -308,7 +339,7 @@ class SDNet(nn.Module):
     def forward(self, x: Tensor) -> SDNetOutput:
         """Decompose ``x`` (B, 1, S, S) and reconstruct it from the binarised mask and Z."""
         logits, z = self.decomposer.forward_logits(x)
-        mask = torch.sigmoid(logits)
+        mask = mask_from_logits(logits)
         return SDNetOutput(mask, logits, z, self.decode(mask, z))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -340,11 +371,11 @@ def build_model(config: ModelConfig | str = "paper") -> SDNet:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _check_input(x: Tensor, config: ModelConfig, what: str) -> None:
+def _check_input(x: Tensor, config: ModelConfig, what: str, channels: int = 1) -> None:
     size = config.image_size
-    if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != size or x.shape[3] != size:
+    if x.ndim != 4 or x.shape[1] != channels or x.shape[2] != size or x.shape[3] != size:
         raise InputError(
-            f"{what} must have shape (batch, 1, {size}, {size}) for the "
+            f"{what} must have shape (batch, {channels}, {size}, {size}) for the "
             f"{config.name!r} model, got {tuple(x.shape)}"
         )
 

@@ -80,7 +80,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-from napari_sdnet.choices import PRESET_NAMES
+from napari_sdnet.choices import PRESET_NAMES, STRUCTURES
 from napari_sdnet.errors import InputError
 
 __all__ = ["ModelConfig", "PRESETS", "get_preset", "preset_names"]
@@ -124,6 +124,10 @@ class ModelConfig:
         in_eps: InstanceNorm epsilon (keras-contrib default 1e-3).
         weight_init: ``"glorot_uniform"`` (Keras default: Glorot-uniform weights, zero biases)
             or ``"pytorch"`` (PyTorch's default initialisation).
+        structures: what the spatial factor M holds, one channel each, in the order of
+            :data:`napari_sdnet.choices.STRUCTURES`: ``("myocardium",)`` (the paper: a binary
+            myocardium mask, sigmoid) or ``("rv", "myocardium", "lv")`` (a multi-channel
+            anatomy factor: softmax over background + the structures, binarised to one-hot).
     """
 
     name: str = "paper"
@@ -149,8 +153,11 @@ class ModelConfig:
     bn_eps: float = 1e-3
     in_eps: float = 1e-3
     weight_init: str = "glorot_uniform"
+    structures: tuple[str, ...] = ("myocardium",)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.structures, tuple):
+            object.__setattr__(self, "structures", tuple(self.structures))
         # Normalise sequences to tuples so that lists from JSON compare equal.
         for key in _TUPLE_FIELDS:
             value = getattr(self, key)
@@ -219,6 +226,16 @@ class ModelConfig:
             )
         if not isinstance(self.name, str) or not self.name:
             raise InputError("model config: name must be a non-empty string")
+        known = [s for s in STRUCTURES if s in self.structures]
+        if (
+            list(self.structures) != known
+            or len(set(self.structures)) != len(self.structures)
+            or "myocardium" not in self.structures
+        ):
+            raise InputError(
+                f"model config: structures must include 'myocardium' and come from "
+                f"{', '.join(STRUCTURES)} in that order, got {list(self.structures)!r}"
+            )
         unet_factor = 2**self.depth
         if self.image_size % unet_factor:
             raise InputError(
@@ -255,9 +272,24 @@ class ModelConfig:
         return self.image_size // 2 ** len(self.recon_decoder_widths)
 
     @property
+    def n_structures(self) -> int:
+        """Channels of the spatial factor M (paper: 1, the myocardium)."""
+        return len(self.structures)
+
+    @property
+    def mask_logit_channels(self) -> int:
+        """Channels of the mask head: 1 (sigmoid) or background + structures (softmax)."""
+        return 1 if self.n_structures == 1 else self.n_structures + 1
+
+    @property
+    def myocardium_channel(self) -> int:
+        """Index of the myocardium in M."""
+        return self.structures.index("myocardium")
+
+    @property
     def recon_width(self) -> int:
-        """Channels of the reconstructor's residual blocks: spatial map + 1 mask (paper: 9)."""
-        return self.recon_decoder_widths[-1] + 1
+        """Channels of the reconstructor's residual blocks: spatial map + M (paper: 8 + 1)."""
+        return self.recon_decoder_widths[-1] + self.n_structures
 
     @property
     def field_of_view_mm(self) -> float:
@@ -299,6 +331,11 @@ class ModelConfig:
         if unknown:
             raise InputError(f"model config has unknown keys: {', '.join(unknown)}")
         kwargs = dict(data)
+        if "structures" in kwargs:
+            value = kwargs["structures"]
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise InputError(f"model config: structures must be a list of names, got {value!r}")
+            kwargs["structures"] = tuple(value)
         for key in _TUPLE_FIELDS:
             if key in kwargs:
                 value = kwargs[key]

@@ -7,14 +7,16 @@ import torch
 
 
 def soft_dice(pred: torch.Tensor, target: torch.Tensor, smooth: float = 0.1) -> torch.Tensor:
-    """Soft Dice per image (smoothing in numerator and denominator), averaged over the batch.
+    """Soft Dice per image and channel (smoothing in numerator and denominator), averaged.
 
-    ``pred`` and ``target`` are ``(B, 1, H, W)`` (or ``(B, H, W)``) in [0, 1].
+    ``pred`` and ``target`` are ``(B, C, H, W)`` (or ``(B, H, W)``) in [0, 1]; with several
+    channels (structures) each one counts alike.
     """
-    pred = pred.float().flatten(1)
-    target = target.float().flatten(1)
-    inter = (pred * target).sum(dim=1)
-    denom = pred.sum(dim=1) + target.sum(dim=1)
+    start = 2 if pred.ndim == 4 else 1
+    pred = pred.float().flatten(start)
+    target = target.float().flatten(start)
+    inter = (pred * target).sum(dim=-1)
+    denom = pred.sum(dim=-1) + target.sum(dim=-1)
     return ((2.0 * inter + smooth) / (denom + smooth)).mean()
 
 

@@ -78,10 +78,12 @@ VAL_FRACTION = 0.2
 _ACDC_TYPICAL_SPACING = 1.5
 
 
-def _collect(records: Iterable[Any], size: int, limit: int | None) -> SliceSet:
+def _collect(
+    records: Iterable[Any], size: int, limit: int | None, with_labels: bool = False
+) -> SliceSet:
     if limit is not None:
         records = itertools.islice(records, limit)
-    return SliceSet.concat((r.to_sliceset() for r in records), size=size)
+    return SliceSet.concat((r.to_sliceset(with_labels) for r in records), size=size)
 
 
 def _check_count(value: int | None, what: str, minimum: int = 1) -> None:
@@ -129,6 +131,7 @@ def build_train_data(
     patients: Sequence[str | int] | None = None,
     val_patients: Sequence[str | int] | None = None,
     split_root: str | os.PathLike[str] | None = None,
+    with_labels: bool = False,
 ) -> tuple[TrainData, dict[str, Any]]:
     """Load ``data_dir`` and make the training data of the semi-supervised protocol.
 
@@ -154,6 +157,8 @@ def build_train_data(
             no validation.
         split_root: NIfTI only: an ACDC H5 folder whose split lists say which patients are
             validation/test; training on any of them is then refused.
+        with_labels: also load the model-grid label maps of every structure (for models of
+            several structures; ``TrainData.labelled_labels`` etc.).
 
     Returns:
         ``(data, description)``: the :class:`TrainData` and a JSON-friendly dict saying what
@@ -181,11 +186,15 @@ def build_train_data(
     if layout == "acdc_h5":
         if patients is not None or val_patients is not None or split_root is not None:
             raise InputError("patients/val_patients/split_root apply to ACDC NIfTI folders only")
-        train_set = _collect(iter_acdc_h5(root, "train", config, h5_spacing), size, max_volumes)
+        train_set = _collect(
+            iter_acdc_h5(root, "train", config, h5_spacing), size, max_volumes, with_labels
+        )
         validation = (
             SliceSet.empty(size)
             if val_volumes == 0
-            else _collect(iter_acdc_h5(root, "val", config, h5_spacing), size, val_volumes)
+            else _collect(
+                iter_acdc_h5(root, "val", config, h5_spacing), size, val_volumes, with_labels
+            )
         )
         split_root = root
         desc["h5_spacing"] = h5_spacing
@@ -215,9 +224,9 @@ def build_train_data(
         train_patients = [p for p in chosen if p not in held]
         if not train_patients:
             raise InputError(f"{root}: no training patient left after the validation patients")
-        train_set = _collect(iter_acdc_nifti(root, train_patients, config), size, None)
+        train_set = _collect(iter_acdc_nifti(root, train_patients, config), size, None, with_labels)
         validation = (
-            _collect(iter_acdc_nifti(root, held, config), size, None)
+            _collect(iter_acdc_nifti(root, held, config), size, None, with_labels)
             if held
             else SliceSet.empty(size)
         )
@@ -246,12 +255,14 @@ def build_train_data(
     if split_root is not None:
         check_training_only(SliceSet.concat([lab_set, pool], size=size), split_root)
     validation = validation.labelled_part()
-    real = lab_set.masks if real_masks == "labelled" else train_set.labelled_part().masks
+    real_set = lab_set if real_masks == "labelled" else train_set.labelled_part()
+    real = real_set.masks
     data = TrainData.from_slice_sets(
         lab_set,
         unlabelled=pool if len(pool) else None,
         validation=validation if len(validation) else None,
         real_masks=real,
+        real_labels=real_set.labels,
     )
     desc.update(
         labelled=len(lab_set),
@@ -319,6 +330,7 @@ def train_model(
     resume: bool = False,
     checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
     stop: Callable[[], str | None] | None = None,
+    structures: Sequence[str] = ("myocardium",),
 ) -> Generator[Progress, None, TrainResult]:
     """Train a model of ``preset`` on ``data_dir`` and write its best weights to ``output``.
 
@@ -350,6 +362,9 @@ def train_model(
     The state file is removed when a run ends normally. ``stop()``, polled after every
     iteration, ends training cleanly when it returns a reason (e.g. ``"terminated"`` on
     SIGTERM): the best weights so far are written and the state is saved for ``resume``.
+
+    ``structures``: what the model segments, ``("myocardium",)`` (the paper) or
+    ``("rv", "myocardium", "lv")`` (a multi-channel anatomy factor; ACDC labels 1, 2, 3).
 
     A run whose loss became NaN/infinite (``"diverged"``) or whose weights are not finite
     raises :class:`~napari_sdnet.errors.TrainingError` and writes no model.
@@ -390,6 +405,7 @@ def train_model(
         "val_patients": None if val_patients is None else [str(p) for p in val_patients],
         "seed": seed,
         "init": None if init is None else Path(init).name,
+        "structures": list(structures),
         "reinit": list(reinit),
     }
     snapshot = None
@@ -406,7 +422,7 @@ def train_model(
                 f"{state_path.name} was saved by a training with other {', '.join(changed)}; "
                 "resume with the same command (only the budgets may change)"
             )
-    model_config = get_preset(preset)
+    model_config = get_preset(preset).replace(structures=tuple(structures))
     dev = resolve_device(device)
     if reinit and init is None:
         raise InputError("reinit needs init: it restarts parts of an initial model")
@@ -418,7 +434,8 @@ def train_model(
         if init_info.model_config != model_config:
             raise InputError(
                 f"{Path(init).name} is a {preset!r} model of another configuration than this "
-                "version's preset"
+                f"version's preset with {', '.join(model_config.structures)} (it has "
+                f"{', '.join(init_info.model_config.structures)})"
             )
         names = list(init_model.state_dict())
         for prefix in reinit:
@@ -454,6 +471,7 @@ def train_model(
         patients=patients,
         val_patients=val_patients,
         split_root=split_root,
+        with_labels=model_config.n_structures > 1,
     )
     if model_type == "unet":
         desc["unlabelled_used"] = 0

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from napari_sdnet.choices import LR_SCHEDULES, MODEL_TYPES, SELECT_ON
 from napari_sdnet.errors import InputError
 from napari_sdnet.inference import SliceOutputs, predict_slices
-from napari_sdnet.model import SDNet, binarise
+from napari_sdnet.io.datasets import structure_channels
+from napari_sdnet.model import SDNet, binarise, hard_channels
 from napari_sdnet.training.losses import (
     dice_loss,
     hard_dice,
@@ -183,10 +184,18 @@ class TrainData:
     val_images: np.ndarray | None = None
     val_masks: np.ndarray | None = None
     val_volume_ids: Sequence[str] | None = None  # per val slice: Dice is per volume (3D)
+    # ACDC label maps (N, S, S) on the model grid, for models of several structures (the
+    # masks above are the myocardium alone): labelled, "real" for D_M, validation.
+    labelled_labels: np.ndarray | None = None
+    real_labels: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
 
     @classmethod
-    def from_slice_sets(cls, labelled, unlabelled=None, validation=None, real_masks=None):
-        """Build from :class:`~napari_sdnet.io.datasets.SliceSet` objects."""
+    def from_slice_sets(
+        cls, labelled, unlabelled=None, validation=None, real_masks=None, real_labels=None
+    ):
+        """Build from :class:`~napari_sdnet.io.datasets.SliceSet` objects (their ``labels``
+        too, when loaded)."""
         return cls(
             labelled_images=labelled.images,
             labelled_masks=labelled.masks,
@@ -195,6 +204,36 @@ class TrainData:
             val_images=None if validation is None else validation.images,
             val_masks=None if validation is None else validation.masks,
             val_volume_ids=None if validation is None else list(validation.volume_ids),
+            labelled_labels=labelled.labels,
+            real_labels=real_labels,
+            val_labels=None if validation is None else validation.labels,
+        )
+
+    def targets(
+        self, structures: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(labelled, real, validation)`` target channels ``(N, C, S, S)`` uint8 for a model
+        of ``structures``: the myocardium masks, or one channel per structure from the labels."""
+        if tuple(structures) == ("myocardium",):
+
+            def one(masks):
+                return None if masks is None else (np.asarray(masks) > 0)[:, None].astype(np.uint8)
+
+            real = self.real_masks if self.real_masks is not None else self.labelled_masks
+            return one(self.labelled_masks), one(real), one(self.val_masks)
+        if self.labelled_labels is None:
+            raise InputError(
+                f"a model of {', '.join(structures)} needs label maps of every structure "
+                "(labelled_labels); these data hold myocardium masks only"
+            )
+        if self.val_images is not None and self.val_labels is None:
+            raise InputError("validation label maps (val_labels) are missing")
+        real = self.real_labels if self.real_labels is not None else self.labelled_labels
+        val = None if self.val_labels is None else structure_channels(self.val_labels, structures)
+        return (
+            structure_channels(self.labelled_labels, structures),
+            structure_channels(real, structures),
+            val,
         )
 
     def check(self, size: int) -> None:
@@ -206,10 +245,13 @@ class TrainData:
             "real masks": self.real_masks,
             "validation images": self.val_images,
             "validation masks": self.val_masks,
+            "labelled label maps": self.labelled_labels,
+            "real label maps": self.real_labels,
+            "validation label maps": self.val_labels,
         }
         for name, arr in arrays.items():
             if arr is None:
-                if name.startswith("labelled"):
+                if name in ("labelled images", "labelled masks"):
                     raise InputError(f"{name} are missing")
                 continue
             if not isinstance(arr, np.ndarray):
@@ -256,6 +298,8 @@ class Progress:
     losses: dict[str, float] = field(default_factory=dict)
     val_dice: float | None = None  # set on iterations where validation ran
     val_recon_l1: float | None = None  # sdnet: validation L1 of g(round(M), Z), same iterations
+    # several structures: validation Dice of each (val_dice is their mean), same iterations
+    val_dice_structures: dict[str, float] | None = None
     best_val_dice: float | None = None
     best_val_recon_l1: float | None = None  # sdnet: the kept weights' validation L1
     best_iteration: int | None = None
@@ -423,6 +467,41 @@ def validation_dice(
         sel = np.asarray([i == vid for i in ids])
         scores.append(hard_dice(pred[sel], masks[sel] > 0))
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def validate_structures(
+    model: SDNet,
+    images: np.ndarray,
+    targets: np.ndarray,
+    volume_ids: Sequence[str] | None,
+    batch_size: int = 32,
+) -> tuple[dict[str, float], float]:
+    """Per-structure mean hard Dice (3D per volume when ``volume_ids`` is given) of a model of
+    several structures on ``images`` ``(N, S, S)`` against ``targets`` ``(N, C, S, S)``, and the
+    mean absolute error of g(binarise(M), Z) against the images (one pass)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    hard, err = [], 0.0
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.asarray(images[start : start + batch_size], np.float32))
+            x = x[:, None].to(device)
+            mask, z = model.decomposer(x)
+            hard.append(hard_channels(mask).to(torch.bool).cpu().numpy())
+            recon = model.reconstructor(binarise(mask), z)
+            err += float((recon.float() - x).abs().sum())
+    model.train(was_training)
+    pred = np.concatenate(hard)
+    ids = list(volume_ids) if volume_ids is not None else [str(i) for i in range(len(images))]
+    scores: dict[str, float] = {}
+    for c, name in enumerate(model.config.structures):
+        per_volume = []
+        for vid in dict.fromkeys(ids):
+            sel = np.asarray([i == vid for i in ids])
+            per_volume.append(hard_dice(pred[sel, c], targets[sel, c] > 0))
+        scores[name] = float(np.mean(per_volume)) if per_volume else float("nan")
+    return scores, err / max(1, np.asarray(images).size)
 
 
 def validation_recon_l1(
@@ -622,15 +701,16 @@ class _Run:
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
+        self.structures = model.config.structures
+        lab_t, real_t, self.val_t = data.targets(self.structures)
         self.lab_x = torch.from_numpy(np.asarray(data.labelled_images, np.float32))
-        self.lab_m = torch.from_numpy(np.asarray(data.labelled_masks > 0, np.float32))
+        self.lab_m = torch.from_numpy(lab_t)  # (N, C, S, S) uint8, one channel per structure
         self.unl_x = (
             torch.from_numpy(np.asarray(data.unlabelled_images, np.float32))
             if use_unlabelled
             else None
         )
-        real_masks = data.real_masks if data.real_masks is not None else data.labelled_masks
-        self.real_m = torch.from_numpy(np.asarray(real_masks > 0, np.float32))
+        self.real_m = torch.from_numpy(real_t)
         bs = config.batch_size
         self.lab_stream = _Stream(len(self.lab_x), bs, rng)
         self.unl_stream = _Stream(len(self.unl_x), bs, rng) if self.unl_x is not None else None
@@ -707,7 +787,7 @@ class _Run:
 
     def batch(self, x: torch.Tensor, idx: np.ndarray, m: torch.Tensor | None = None):
         xb = x[idx][:, None].to(self.device, non_blocking=True)
-        mb = None if m is None else m[idx][:, None].to(self.device, non_blocking=True)
+        mb = None if m is None else m[idx].to(self.device, torch.float32, non_blocking=True)
         return augment_batch(xb, mb, self.config.augment, self.gen)
 
     @staticmethod
@@ -745,13 +825,22 @@ class _Run:
         """Validate, keep the weights if best; True when the selection score improved."""
         model, data = self.model, self.data
         self.recalibrate()
-        # one pass over the validation images serves both scores
-        outputs = predict_slices(model, data.val_images, batch_size=32)
-        dice_val = validation_dice(
-            model, data.val_images, data.val_masks, data.val_volume_ids, outputs
-        )
-        if self.sdnet:
-            progress.val_recon_l1 = validation_recon_l1(model, data.val_images, outputs)
+        if len(self.structures) == 1:
+            # one pass over the validation images serves both scores
+            outputs = predict_slices(model, data.val_images, batch_size=32)
+            dice_val = validation_dice(
+                model, data.val_images, data.val_masks, data.val_volume_ids, outputs
+            )
+            if self.sdnet:
+                progress.val_recon_l1 = validation_recon_l1(model, data.val_images, outputs)
+        else:
+            per_structure, l1 = validate_structures(
+                model, data.val_images, self.val_t, data.val_volume_ids
+            )
+            dice_val = float(np.mean(list(per_structure.values())))
+            progress.val_dice_structures = per_structure
+            if self.sdnet:
+                progress.val_recon_l1 = l1
         _set_train_mode(model)
         score = dice_val if self.config.select_on == "dice" else -progress.val_recon_l1
         improved = self.best_score is None or score > self.best_score
@@ -845,7 +934,7 @@ class _Run:
         with self.autocast():
             d_loss = torch.zeros((), device=self.device)
             if self.use_mask_adv:
-                real_mb = self.real_m[self.real_stream.next()][:, None].to(self.device)
+                real_mb = self.real_m[self.real_stream.next()].to(self.device, torch.float32)
                 real_mb = _augment_masks(real_mb, self.config.augment, self.gen)
                 fm = self.pool_m.query(torch.cat(fake_m))
                 d_loss = d_loss + lsgan_discriminator_loss(
@@ -900,6 +989,7 @@ class _Run:
         return {
             "config": _config_fingerprint(self.config),
             "preset": self.model.config.name,
+            "structures": list(self.model.config.structures),
             "labelled": len(data.labelled_images),
             "unlabelled": 0 if self.unl_x is None else len(self.unl_x),
             "real_masks": len(self.real_m),
