@@ -19,7 +19,7 @@ from napari_sdnet.training.checkpoint import (
     train_state_path,
 )
 from napari_sdnet.training.recipe import train_model
-from napari_sdnet.training.trainer import Resume, TrainConfig, TrainData, train
+from napari_sdnet.training.trainer import AugmentConfig, Resume, TrainConfig, TrainData, train
 
 SIZE = 64
 
@@ -44,10 +44,14 @@ def data() -> TrainData:
     )
 
 
-def _config(iterations: int) -> TrainConfig:
+def _config(iterations: int, mr: bool = False) -> TrainConfig:
     # sdnet with every term, augmentation, pools and a cosine rate: all the state there is
     return TrainConfig(
-        max_iterations=iterations, iterations_per_epoch=2, lr=1e-3, lr_schedule="cosine"
+        max_iterations=iterations,
+        iterations_per_epoch=2,
+        lr=1e-3,
+        lr_schedule="cosine",
+        augment=AugmentConfig(mr=mr, mr_probability=3.0 if mr else 1.0),
     )
 
 
@@ -61,14 +65,15 @@ def _assert_same_weights(a: SDNet, b: SDNet) -> None:
         assert torch.equal(x, y), key
 
 
-def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(data, tmp_path):
+@pytest.mark.parametrize("mr", [False, True], ids=["augment", "scanner-augment"])
+def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(data, tmp_path, mr):
     straight = _model()
-    reports = list(train(straight, data, _config(6)))
+    reports = list(train(straight, data, _config(6, mr)))
     losses = [r.losses for r in reports if not r.done]
 
     first = _model()
     control = Resume()
-    gen = train(first, data, _config(6), resume=control)
+    gen = train(first, data, _config(6, mr), resume=control)
     for _ in range(3):
         next(gen)
     state = control.capture()
@@ -83,7 +88,7 @@ def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(data, tmp_path)
     with torch.no_grad():  # the restored state, not these weights, must count
         for p in second.parameters():
             p.add_(1.0)
-    rest = list(train(second, data, _config(6), resume=Resume(snapshot=state)))
+    rest = list(train(second, data, _config(6, mr), resume=Resume(snapshot=state)))
     assert [r.iteration for r in rest] == [4, 5, 6, 6]
     assert [r.losses for r in rest if not r.done] == losses[3:]
     assert rest[-1].best_val_dice == reports[-1].best_val_dice
@@ -307,3 +312,17 @@ def test_a_three_structure_model_needs_label_maps(data):
     three = SDNet(SDNet("tiny").config.replace(structures=("rv", "myocardium", "lv")))
     with pytest.raises(InputError, match="needs label maps"):
         next(train(three, data, _config(2)))
+
+
+def test_scanner_shift_changes_intensities_and_keeps_padding(data):
+    from napari_sdnet.training.trainer import _Run
+
+    cfg = TrainConfig(max_iterations=1, augment=AugmentConfig(mr=True, mr_probability=2.5))
+    run = _Run(_model(), data, cfg)
+    x = torch.from_numpy(np.asarray(data.labelled_images[:3], np.float32))[:, None].clone()
+    x[:, :, :, :5] = -1.0  # padding columns
+    out = run.scanner_shift(x)
+    assert out.shape == x.shape and out.min() >= -1.0 and out.max() <= 1.0
+    assert torch.all(out[:, :, :, :5] == -1.0)
+    assert not torch.allclose(out, x, atol=1e-3)
+    run.finish("budget")

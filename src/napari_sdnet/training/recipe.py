@@ -331,6 +331,7 @@ def train_model(
     checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
     stop: Callable[[], str | None] | None = None,
     structures: Sequence[str] = ("myocardium",),
+    scanner_augment: bool = False,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a model of ``preset`` on ``data_dir`` and write its best weights to ``output``.
 
@@ -365,6 +366,8 @@ def train_model(
 
     ``structures``: what the model segments, ``("myocardium",)`` (the paper) or
     ``("rv", "myocardium", "lv")`` (a multi-channel anatomy factor; ACDC labels 1, 2, 3).
+    ``scanner_augment``: add the scanner/protocol-shift MR transforms to the augmentation
+    (:func:`~napari_sdnet.training.trainer.mr_transforms`).
 
     A run whose loss became NaN/infinite (``"diverged"``) or whose weights are not finite
     raises :class:`~napari_sdnet.errors.TrainingError` and writes no model.
@@ -450,7 +453,7 @@ def train_model(
         max_seconds=seconds,
         patience=patience,
         seed=seed,
-        augment=AugmentConfig(enabled=augment),
+        augment=AugmentConfig(enabled=augment, mr=scanner_augment),
         freeze=tuple(freeze),
         select_on=select_on,
         rampup=rampup,
@@ -574,6 +577,8 @@ def train_model(
         training["rampup"] = rampup
     if lr_schedule != "constant":
         training["lr_schedule"] = lr_schedule
+    if scanner_augment:
+        training["scanner_augment"] = True
     if init is not None:
         training["init"] = {
             "model": Path(init).name,

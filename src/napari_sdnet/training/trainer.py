@@ -97,6 +97,50 @@ class AugmentConfig:
     contrast: tuple[float, float] = (0.85, 1.15)  # scales from black (black stays black)
     noise_std: float = 0.02
     probability: float = 0.8  # chance that a slice is augmented at all
+    # Scanner and protocol shift (MONAI's MR transforms, each with its own probability): bias
+    # field, random non-linear intensity curves, gamma, blur, sharpening, lower in-plane
+    # resolution, noise. Off by default (the paper and the Table 1 protocol have none).
+    mr: bool = False
+    mr_probability: float = 1.0  # scales every MR transform's probability
+
+
+def mr_transforms(cfg: AugmentConfig, seed: int):
+    """The scanner-shift transforms (MONAI), seeded: applied per slice to ``(1, S, S)``
+    intensities in [0, 1] (see :meth:`_Run.batch`)."""
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrast,
+        RandBiasField,
+        RandGaussianNoise,
+        RandGaussianSharpen,
+        RandGaussianSmooth,
+        RandHistogramShift,
+        RandSimulateLowResolution,
+    )
+
+    p = cfg.mr_probability
+    compose = Compose(
+        [
+            RandBiasField(prob=0.4 * p, coeff_range=(0.0, 0.4), degree=3),
+            RandHistogramShift(prob=0.4 * p, num_control_points=(5, 10)),
+            RandAdjustContrast(prob=0.4 * p, gamma=(0.6, 1.6)),
+            RandGaussianSmooth(prob=0.15 * p, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0)),
+            RandGaussianSharpen(prob=0.15 * p),
+            RandSimulateLowResolution(
+                prob=0.2 * p,
+                zoom_range=(0.5, 0.9),
+                downsample_mode="area",
+                upsample_mode="bilinear",
+            ),
+            RandGaussianNoise(prob=0.25 * p, std=0.04),
+        ]
+    )
+    compose.set_random_state(seed=seed)
+    return compose
+
+
+def _mr_generators(compose) -> list[Any]:
+    return [compose.R, *(t.R for t in compose.transforms)]
 
 
 @dataclass
@@ -730,6 +774,8 @@ class _Run:
         self.use_image_adv = self.sdnet and (w.adv_image > 0 or w.unl_adv_image > 0)
         self.has_val = data.val_images is not None and len(data.val_images) > 0
         self.cal_images = self._calibration_images(use_unlabelled)
+        aug = config.augment
+        self.mr_aug = mr_transforms(aug, config.seed) if aug.enabled and aug.mr else None
 
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_dice: float | None = None  # validation Dice of the kept weights
@@ -788,7 +834,18 @@ class _Run:
     def batch(self, x: torch.Tensor, idx: np.ndarray, m: torch.Tensor | None = None):
         xb = x[idx][:, None].to(self.device, non_blocking=True)
         mb = None if m is None else m[idx].to(self.device, torch.float32, non_blocking=True)
-        return augment_batch(xb, mb, self.config.augment, self.gen)
+        xb, mb = augment_batch(xb, mb, self.config.augment, self.gen)
+        if self.mr_aug is not None:
+            xb = self.scanner_shift(xb)
+        return xb, mb
+
+    def scanner_shift(self, x: torch.Tensor, pad_value: float = -1.0) -> torch.Tensor:
+        """The MR transforms per slice on the [0, 1] scale; padding stays ``pad_value``."""
+        pad = x == pad_value
+        unit = ((x + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
+        out = torch.stack([torch.as_tensor(self.mr_aug(s)).float() for s in unit])
+        out = (out.clamp(0.0, 1.0) * 2.0 - 1.0).to(x.device, x.dtype)
+        return torch.where(pad, torch.full_like(out, pad_value), out)
 
     @staticmethod
     def update(
@@ -1007,6 +1064,11 @@ class _Run:
             if pool.items:
                 tensors[name] = torch.stack([t.to("cpu") for t in pool.items]).contiguous()
         tensors["torch_generator"] = self.gen.get_state().clone()
+        mr_states = []
+        for i, rng in enumerate(_mr_generators(self.mr_aug) if self.mr_aug is not None else []):
+            kind, keys, pos, has_gauss, cached = rng.get_state()
+            tensors[f"mr_aug/{i}"] = torch.from_numpy(np.asarray(keys, np.int64))
+            mr_states.append([kind, int(pos), int(has_gauss), float(cached)])
         tensors["torch_global"] = torch.get_rng_state().clone()
         streams = {}
         for name in ("lab_stream", "unl_stream", "real_stream"):
@@ -1025,6 +1087,7 @@ class _Run:
             "best_iter": self.best_iter,
             "has_best": self.best_state is not None,
             "numpy_rng": self.rng.bit_generator.state,
+            "mr_aug": mr_states,
             "streams": streams,
             "opt_g": _flatten("opt_g", self.opt_g.state_dict(), tensors),
             "opt_d": None
@@ -1065,6 +1128,12 @@ class _Run:
         self.gen.set_state(tensors["torch_generator"])
         torch.set_rng_state(tensors["torch_global"])
         self.rng.bit_generator.state = meta["numpy_rng"]
+        if self.mr_aug is not None:
+            for i, (rng, (kind, pos, has_gauss, cached)) in enumerate(
+                zip(_mr_generators(self.mr_aug), meta["mr_aug"], strict=True)
+            ):
+                keys = tensors[f"mr_aug/{i}"].numpy().astype(np.uint32)
+                rng.set_state((kind, keys, pos, has_gauss, cached))
         for name, pos in meta["streams"].items():
             stream = getattr(self, name)
             stream.order = tensors[f"{name}/order"].numpy().copy()
