@@ -833,7 +833,7 @@ def iter_dicom_records(path: str | os.PathLike[str], config: Any = None):
     expert contours are a DICOM SEG in the same folder (as
     :func:`~napari_sdnet.io.datasets.iter_cine_nifti` does for NIfTI: a slice counts as
     labelled when it contains myocardium)."""
-    from napari_sdnet.io.datasets import MYOCARDIUM, VolumeRecord, _config, _model_masks
+    from napari_sdnet.io.slices import MYOCARDIUM, VolumeRecord, _config, _model_masks
     from napari_sdnet.io.seg import read_dicom_seg
     from napari_sdnet.preprocess import preprocess_volume
 

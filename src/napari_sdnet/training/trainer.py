@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from napari_sdnet.choices import LR_SCHEDULES, MODEL_TYPES, SELECT_ON
 from napari_sdnet.errors import InputError
 from napari_sdnet.inference import SliceOutputs, predict_slices
-from napari_sdnet.io.datasets import structure_channels
+from napari_sdnet.io.slices import structure_channels
 from napari_sdnet.model import SDNet, binarise, hard_channels
 from napari_sdnet.training.losses import (
     dice_loss,
