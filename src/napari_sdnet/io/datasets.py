@@ -2,21 +2,14 @@
 
 No Qt and no torch here: everything is NumPy (+ h5py / nibabel for reading).
 
-Layouts (see ``docs/data.md``): the ACDC ones live in :mod:`napari_sdnet.io.acdc`, the slice
-containers in :mod:`napari_sdnet.io.slices`; this module has the cine layout, layout detection,
-:func:`load_dataset` and the labelled/unlabelled split, and re-exports the rest.
+This module has the cine layout, layout detection, :func:`load_dataset` and the
+labelled/unlabelled split, and re-exports the rest: the ACDC layouts live in
+:mod:`napari_sdnet.io.acdc`, the slice containers in :mod:`napari_sdnet.io.slices`.
+
+Layouts (see ``docs/data.md``)
 ------------------------------
-``acdc_nifti``
-    ``root/patientNNN/patientNNN_frameXX.nii.gz`` (+ ``_gt``): the ED/ES frames of ACDC patients in
-    the original NIfTI layout, with real spacing. Every slice of every frame is used; a frame is
-    labelled where its ``_gt`` file exists.
-``acdc_h5``
-    ``root/{train,val,test}.list``, ``root/train_slices.list`` and ``root/data/*.h5``: the widely
-    used semi-supervised ACDC split. Training volumes are stored one slice per file
-    (``patientNNN_frame0F_slice_K.h5``, ``K`` from 1), validation/test volumes as whole
-    ``(Z, H, W)`` files. **The H5 files hold no spacing.** ``spacing=None`` takes the native pixel
-    as the model's target spacing (no in-plane resampling, only centre crop/pad); a number
-    resamples from that assumed in-plane spacing (mm) instead.
+``acdc_nifti``, ``acdc_h5``
+    ACDC patient folders and the H5 split (:mod:`napari_sdnet.io.acdc`).
 ``cine_nifti``
     One 4D ``(x, y, z, t)`` (or 3D) NIfTI study with PARTIAL labels (Sunnybrook style): a label
     value 0 elsewhere means "unlabelled", not background. A ``(t, z)`` slice counts as labelled iff

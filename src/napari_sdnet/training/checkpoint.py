@@ -166,7 +166,6 @@ def save_checkpoint(
     :func:`~napari_sdnet.io.files.write_or_rescue`).
     The file gets the user's umask (e.g. 0644).
     """
-    from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -195,18 +194,25 @@ def save_checkpoint(
             f"values (e.g. {bad[0]}); the model is broken"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    _write_safetensors(path, state, metadata, overwrite=overwrite)
+    return path
+
+
+def _write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str], **kw) -> None:
+    """safetensors' ``save_file`` through :func:`write_or_rescue` (atomic, umask, rescued
+    when the destination fails; safetensors' own errors, e.g. a full disk, count as OS errors)."""
+    from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
         try:
-            save_file(state, str(tmp), metadata=metadata)
+            save_file(tensors, str(tmp), metadata=metadata)
         except OSError:
             raise
-        except Exception as exc:  # safetensors' own error type, e.g. for a full disk
+        except Exception as exc:
             text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise OSError(text) from exc
 
-    write_or_rescue(path, write, overwrite=overwrite)
-    return path
+    write_or_rescue(path, write, **kw)
 
 
 def non_finite_tensors(state: dict[str, Any]) -> list[str]:
@@ -333,7 +339,6 @@ def train_state_path(output: str | os.PathLike) -> Path:
 def save_train_state(path: str | os.PathLike, state: Any, recipe: dict[str, Any]) -> Path:
     """Write a :class:`~napari_sdnet.training.trainer.TrainState` and the ``recipe`` (the
     settings it was started with) to one safetensors file, atomically, replacing the last."""
-    from safetensors.torch import save_file
 
     path = Path(path)
     metadata = {
@@ -344,16 +349,7 @@ def save_train_state(path: str | os.PathLike, state: Any, recipe: dict[str, Any]
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "version": _version(),
     }
-
-    def write(tmp: Path) -> None:
-        try:
-            save_file(state.tensors, str(tmp), metadata=metadata)
-        except OSError:
-            raise
-        except Exception as exc:  # safetensors' own error type, e.g. for a full disk
-            raise OSError(str(exc).splitlines()[0][:200] or type(exc).__name__) from exc
-
-    write_or_rescue(path, write, overwrite=True)
+    _write_safetensors(path, state.tensors, metadata, overwrite=True)
     return path
 
 
