@@ -21,8 +21,16 @@ from napari_sdnet.phantom import make_cine_phantom, write_phantom_nifti
 
 ACDC = {"rv": 1, "myocardium": 2, "lv": 3}
 JSON_KEYS = {
-    "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "lv_ef_percent", "lv_mass_g", "rv_edv_ml",
-    "rv_esv_ml", "rv_ef_percent", "ed_frame", "es_frame",
+    "lv_edv_ml",
+    "lv_esv_ml",
+    "lv_sv_ml",
+    "lv_ef_percent",
+    "lv_mass_g",
+    "rv_edv_ml",
+    "rv_esv_ml",
+    "rv_ef_percent",
+    "ed_frame",
+    "es_frame",
 }
 
 
@@ -140,6 +148,99 @@ def test_partial_labels_implausible_ef_gaps_and_conventions(phantom):
     assert r.lv_mass_g == pytest.approx(a.lv_mass_g) and not r.present("lv")
 
 
+def _two_slice_cine(n_frames: int = 4) -> np.ndarray:
+    """``(t, 2, 6, 6)`` ACDC labels: myocardium and RV on both slices of every frame."""
+    lab = np.zeros((n_frames, 2, 6, 6), np.uint8)
+    lab[:, :, 0, :] = 2
+    lab[:, :, 5, :3] = 1
+    return lab
+
+
+def test_one_frame_with_an_lv_cavity_leaves_es_undetermined_not_ef_zero():
+    lab = _two_slice_cine()
+    lab[2, :, 1:3, 1:4] = 3  # the LV cavity on frame 2 only
+    r = cardiac.measure_labels(lab, (1.0, 1.0, 1.0))
+    assert r.ed_frame == 2 and r.es_frame is None
+    assert r.es_rule == "only one frame with an LV cavity; set ES by hand"
+    ind = r.indices()
+    assert ind["lv_edv_ml"] == pytest.approx(12 / 1000)
+    for s in ("lv", "rv"):  # absent, not 0
+        assert ind[f"{s}_esv_ml"] is None and ind[f"{s}_sv_ml"] is None
+        assert ind[f"{s}_ef_percent"] is None
+    assert not any("same frame" in w for w in r.warnings)
+    assert "undetermined (only one frame with an LV cavity" in dict(r.index_rows())["ES"]
+    # the same volume on every frame: no ES either
+    lab = _two_slice_cine()
+    lab[:, :, 1:3, 1:4] = 3
+    r = cardiac.measure_labels(lab, (1.0, 1.0, 1.0))
+    assert r.ed_frame == 0 and r.es_frame is None and r.ef("lv") is None and r.ef("rv") is None
+    assert "equal" in r.es_rule
+    # ED = ES chosen by hand is still measured, with a warning
+    r = cardiac.measure_labels(lab, (1.0, 1.0, 1.0), ed=1, es=1)
+    assert r.ef("lv") == 0.0 and r.sv("lv") == 0.0
+    assert any("same frame (1), as set by hand" in w for w in r.warnings)
+
+
+def test_ed_and_es_labelled_on_different_slices_are_flagged():
+    lab = np.zeros((3, 3, 6, 6), np.uint8)
+    lab[:, :, 0, :] = 2
+    lab[:, :, 5, :3] = 1  # RV on the same 3 slices of every frame
+    lab[0, :, 1:4, 1:4] = 3  # 3 slices x 9 voxels
+    lab[1, :2, 1:4, 1:3] = 3  # 2 slices x 6 voxels: smallest, because a slice is unlabelled
+    lab[2, :, 1:4, 1:3] = 3  # 3 slices x 6 voxels
+    r = cardiac.measure_labels(lab, (1.0, 1.0, 1.0))
+    assert (r.ed_frame, r.es_frame) == (0, 1)
+    assert "LV cavity labelled on 3 slices at ED but 2 at ES: volumes are not comparable" in (
+        r.warnings
+    )
+    assert not any(w.startswith("RV cavity labelled") for w in r.warnings)
+    # as many slices, but not the same ones
+    shifted = lab[[0, 1]].copy()
+    shifted[0, 2][shifted[0, 2] == 3] = 0  # ED: slices 0-1
+    shifted[1] = np.roll(shifted[1], 1, axis=0)  # ES: slices 1-2
+    r = cardiac.measure_labels(shifted, (1.0, 1.0, 1.0))
+    assert (r.ed_frame, r.es_frame) == (0, 1)
+    assert "LV cavity labelled on slices 0-1 at ED but 1-2 at ES: volumes are not comparable" in (
+        r.warnings
+    )
+    # labelled on the same slices (also when set by hand): no such warning
+    assert not any(
+        "not comparable" in w for w in cardiac.measure_labels(lab[[0, 2]], (1, 1, 1)).warnings
+    )
+    r = cardiac.measure_labels(lab, (1.0, 1.0, 1.0), ed=0, es=2)
+    assert not any("not comparable" in w for w in r.warnings)
+    r = cardiac.measure_labels(lab, (1.0, 1.0, 1.0), ed=2, es=1)
+    assert any("LV cavity labelled on 3 slices at ED but 2" in w for w in r.warnings)
+
+
+def test_chosen_frames_without_a_cavity_and_ed_without_lv_follow_the_myocardium():
+    lab = _two_slice_cine(4)
+    lab[:2, :, 1:3, 1:4] = 3  # the LV cavity on frames 0-1 only
+    lab[3] = 0
+    lab[3, :, 5, :3] = 1  # frame 3: RV only
+    r = cardiac.measure_labels(lab, (1.0, 1.0, 1.0), es=3)
+    assert r.esv("lv") is None and r.ef("lv") is None
+    assert any(
+        "LV cavity is unlabelled on the ES set by the user (frame 3): no LV ESV, SV or EF" in n
+        for n in r.notes
+    )
+    r = cardiac.measure_labels(lab, (1.0, 1.0, 1.0), ed=3, es=0)
+    assert any("LV cavity is unlabelled on the ED set by the user (frame 3)" in n for n in r.notes)
+    assert any("myocardium is unlabelled on the ED set by the user" in n for n in r.notes)
+    # no LV cavity anywhere, myocardium on frame 2 only: ED is frame 2, not the empty frame 0
+    myo = np.zeros((4, 2, 6, 6), np.uint8)
+    myo[2, :, 0, :] = 2
+    r = cardiac.measure_labels(myo, (1.0, 1.0, 1.0))
+    assert r.ed_frame == 2 and r.es_frame is None
+    assert r.ed_rule == "first frame with myocardium; no LV cavity"
+    assert r.lv_mass_g == pytest.approx(12 / 1000 * 1.05)
+    assert any("ED is taken as frame 2, the first frame with myocardium" in n for n in r.notes)
+    # myocardium on frame 0: frame 0, as before
+    myo[0, :, 0, :] = 2
+    r = cardiac.measure_labels(myo, (1.0, 1.0, 1.0))
+    assert r.ed_frame == 0 and r.ed_rule == "first frame; no LV cavity"
+
+
 def test_myocardium_only_model_output_reports_mass_and_says_why_cavities_are_absent(
     phantom, tiny_model_file
 ):
@@ -188,8 +289,7 @@ def test_writes_are_atomic_and_never_overwrite(phantom, tmp_path):
 def test_cli_measure_labels_of_a_cine(tmp_path, capsys):
     image, labels = write_phantom_nifti(tmp_path, n_frames=6, n_slices=3, shape=(48, 48))
     out_json, out_csv = tmp_path / "f.json", tmp_path / "f.csv"
-    rc = main(["measure", "--labels", str(labels), "--json", str(out_json), "--csv",
-               str(out_csv)])
+    rc = main(["measure", "--labels", str(labels), "--json", str(out_json), "--csv", str(out_csv)])
     assert rc == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "LV EF (%)" in printed and "ED" in printed and f"wrote {out_json}" in printed
@@ -205,8 +305,23 @@ def test_cli_measure_labels_of_a_cine(tmp_path, capsys):
     # never overwrites without --overwrite; bad inputs are one-line errors
     assert main(["measure", "--labels", str(labels), "--json", str(out_json)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["measure", "--labels", str(labels), "--json", str(out_json), "--overwrite",
-                 "--ed", "1", "--es", "2"]) == 0
+    assert (
+        main(
+            [
+                "measure",
+                "--labels",
+                str(labels),
+                "--json",
+                str(out_json),
+                "--overwrite",
+                "--ed",
+                "1",
+                "--es",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert json.loads(out_json.read_text())["ed_frame"] == 1
     capsys.readouterr()
     assert main(["measure", "--labels", str(image)]) == 2
@@ -218,8 +333,9 @@ def test_cli_measure_labels_of_a_cine(tmp_path, capsys):
 def test_cli_measure_with_a_model_says_cavities_are_absent(tmp_path, tiny_model_file, capsys):
     image, _ = write_phantom_nifti(tmp_path, n_frames=3, n_slices=2, shape=(48, 48))
     out = tmp_path / "m.json"
-    rc = main(["measure", str(image), "--model", tiny_model_file, "--device", "cpu",
-               "--json", str(out)])
+    rc = main(
+        ["measure", str(image), "--model", tiny_model_file, "--device", "cpu", "--json", str(out)]
+    )
     assert rc == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "LV cavity and RV cavity are absent: the model segments the myocardium only" in printed
@@ -234,8 +350,19 @@ def test_cli_measure_with_a_model_says_cavities_are_absent(tmp_path, tiny_model_
     write_nifti(ed, vol.data[0], geo)
     write_nifti(es, vol.data[1], geo)
     out2 = tmp_path / "two.json"
-    rc = main(["measure", str(ed), str(es), "--model", tiny_model_file, "--device", "cpu",
-               "--json", str(out2)])
+    rc = main(
+        [
+            "measure",
+            str(ed),
+            str(es),
+            "--model",
+            tiny_model_file,
+            "--device",
+            "cpu",
+            "--json",
+            str(out2),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     data = json.loads(out2.read_text())
     assert data["mode"] == "ed_es" and data["ed_frame"] is None and data["es_frame"] is None
@@ -291,7 +418,8 @@ def test_bundled_model_on_acdc_reports_myocardium_and_lv_mass_only(acdc_nifti, c
     a, b = read_nifti(ed), read_nifti(es)
     r = api.measure(model, a.data, a.geometry.spacing, b.data, b.geometry.spacing)
     assert not r.present("lv") and not r.present("rv") and r.present("myocardium")
-    expert = cardiac.measure_ed_es(read_nifti(ed_gt).data, read_nifti(es_gt).data,
-                                   a.geometry.spacing, b.geometry.spacing)
+    expert = cardiac.measure_ed_es(
+        read_nifti(ed_gt).data, read_nifti(es_gt).data, a.geometry.spacing, b.geometry.spacing
+    )
     # myocardium Dice ~0.86: the mass is within 25 % of the expert's
     assert r.lv_mass_g == pytest.approx(expert.lv_mass_g, rel=0.25)

@@ -4,6 +4,7 @@ file names and instance numbers); the Sunnybrook tests need ../shared and skip w
 
 from __future__ import annotations
 
+import io
 import uuid
 import warnings
 from pathlib import Path
@@ -237,6 +238,71 @@ def test_same_position_and_time_twice_is_refused(tmp_path):
         read_dicom(tmp_path / "s")
 
 
+def _shear(folder: Path, degrees: float) -> None:
+    """Shift every slice in plane (along the row direction) so that the slice origins advance
+    ``degrees`` off the slice normal; the planes stay STEP mm apart."""
+    normal = np.cross(_R, _C)
+    shift = STEP * np.tan(np.radians(degrees))
+    for f in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        pos = np.array([float(v) for v in ds.ImagePositionPatient])
+        z = round(float((pos - _origin(0)) @ normal) / STEP)
+        ds.ImagePositionPatient = [float(v) for v in pos + z * shift * _R]
+        ds.save_as(f)
+
+
+def test_slightly_sheared_stack_has_the_plane_spacing_and_keeps_its_positions(tmp_path):
+    write_series(tmp_path / "s")
+    _shear(tmp_path / "s", 0.8)
+    vol = read_dicom(tmp_path / "s")
+    # the voxel size along z is the plane spacing (8 mm), not the 8.0008 mm between origins
+    assert vol.geometry.spacing[1] == pytest.approx(STEP, rel=1e-9)
+    affine = vol.geometry.affine
+    assert abs(np.linalg.det(affine[:3, :3])) == pytest.approx(COL_SPACING * ROW_SPACING * STEP)
+    # every slice origin is where DICOM puts it (the sform keeps the shear) ...
+    for z, f in enumerate(vol.dicom.files[0]):
+        lps = np.array([float(v) for v in pydicom.dcmread(f).ImagePositionPatient])
+        ras = affine @ np.array([0.0, 0.0, z, 1.0])
+        np.testing.assert_allclose(ras[:3] * [-1, -1, 1], lps, atol=1e-6)
+    # ... and the header says the same: sform = affine, qform without shear, zooms dz = 8 mm
+    hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(vol.geometry.header))
+    np.testing.assert_allclose(hdr.get_sform(), affine, atol=1e-6)
+    assert hdr.get_zooms()[:3] == pytest.approx((COL_SPACING, ROW_SPACING, STEP), rel=1e-6)
+    qform = hdr.get_qform()
+    normal = np.cross(qform[:3, 0], qform[:3, 1])
+    assert abs(qform[:3, 2] @ normal) / np.linalg.norm(normal) == pytest.approx(STEP, rel=1e-6)
+
+
+def test_sheared_stack_is_refused(tmp_path):
+    write_series(tmp_path / "s")
+    _shear(tmp_path / "s", 5.0)
+    with pytest.raises(InputError, match=r"5\.0 degrees off the slice normal") as exc:
+        read_dicom(tmp_path / "s")
+    assert "sheared" in _one_line(exc)
+
+
+def test_skipped_files_are_named_in_a_warning(tmp_path):
+    folder = tmp_path / "s"
+    write_series(folder)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "thumb.png").write_bytes(b"\x89PNG" + bytes(200))
+    (folder / "sub").mkdir()
+    (folder / "sub" / "readme").write_text("x")
+    (folder / "sub" / "zz.json").write_text("{}")
+    # the DICM preamble, then a sequence item cut short: pydicom cannot parse it
+    broken = b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00"
+    broken += b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00ab"
+    (folder / "broken.dcm").write_bytes(broken)
+    with pytest.warns(UserWarning, match="skipped") as caught:
+        vol = read_dicom(folder)
+    assert vol.data.shape == (3, 4, ROWS, COLS)
+    text = [str(w.message) for w in caught if "DICM preamble" in str(w.message)]
+    assert len(text) == 1 and "\n" not in text[0]
+    assert "4 file(s) without the DICM preamble" in text[0]
+    assert "notes.txt" in text[0] and "..." in text[0]  # the first few names, then "..."
+    assert "1 DICOM file(s) that cannot be parsed: broken.dcm" in text[0]
+
+
 def _non_image(folder: Path, sop_class: str, modality: str, name: str) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -406,6 +472,26 @@ def test_dicom_seg_only_structures_present_and_bad_masks(series, tmp_path):
         write_dicom_seg(tmp_path / "e.dcm", mask[:, :2], vol.dicom)
     assert not (tmp_path / "e.dcm").exists()
     assert not [p for p in tmp_path.iterdir() if "sdnet-tmp" in p.name]
+
+
+def test_cine_dicom_seg_references_every_phase_and_claims_no_3d_temporal(series, tmp_path):
+    import highdicom as hd
+
+    folder, _, _ = series
+    vol = read_dicom(folder)
+    # one segment on every slice of every phase: highdicom calls each phase "3D"
+    mask = np.zeros(vol.data.shape, np.uint8)
+    mask[..., 3:9, 2:8] = 2
+    seg = hd.seg.segread(write_dicom_seg(tmp_path / "myo.dcm", mask, vol.dicom))
+    every = {u for row in vol.dicom.sop_instance_uids for u in row}
+    # the top-level SourceImageSequence lists every phase's images, as ReferencedSeriesSequence
+    sources = [str(r.ReferencedSOPInstanceUID) for r in seg.SourceImageSequence]
+    assert len(sources) == len(every) == 12 and set(sources) == every
+    refs = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert {str(r.ReferencedSOPInstanceUID) for r in refs} == every
+    # the joined phases are neither one 3D volume nor complete 3D_TEMPORAL volumes
+    assert "DimensionOrganizationType" not in seg
+    np.testing.assert_array_equal(read_dicom_seg(tmp_path / "myo.dcm", vol.dicom), mask)
 
 
 def test_dicom_seg_of_a_single_phase_series(tmp_path):

@@ -19,8 +19,14 @@ Conventions
   there; a real cavity never has zero volume): Sunnybrook-style partial labels work as they are.
 * ED and ES of a cine: the frames of largest and smallest LV cavity volume (among the frames
   where the LV is labelled; the first such frame on a tie), as the UK Biobank pipeline does.
-  Without an LV cavity (e.g. a myocardium-only model), ED is the first frame (ECG-triggered cines
-  start at the R wave, end-diastole) and ES is undetermined. ``ed=`` / ``es=`` override both.
+  With one frame holding an LV cavity (or the same volume on all of them) ES is undetermined
+  (None: no ESV, SV or EF, never a 0). Without an LV cavity (e.g. a myocardium-only model), ED
+  is the first frame (ECG-triggered cines start at the R wave, end-diastole), or the first
+  frame with myocardium when frame 0 has none, and ES is undetermined. ``ed=`` / ``es=``
+  override both (ED = ES set by hand is measured, with a warning; a chosen frame where a
+  cavity is unlabelled gets a note).
+* ED and ES labelled on different slices (count or range) are warned about: their volumes are
+  not comparable.
 * EF = (EDV - ESV) / EDV x 100; SV = EDV - ESV; LV mass = myocardial volume at ED x 1.05 g/ml.
 * Frames are 0-based indices along the file's time axis (ACDC's ``frame01`` is frame 0).
 """
@@ -267,8 +273,10 @@ class CardiacFunction:
 
     def index_rows(self) -> list[tuple[str, str]]:
         """``(name, value)`` rows for display; absent structures say so."""
-        rows = [("ED", self.phase_text(self.ed, self.ed_rule)),
-                ("ES", self.phase_text(self.es, self.es_rule))]
+        rows = [
+            ("ED", self.phase_text(self.ed, self.ed_rule)),
+            ("ES", self.phase_text(self.es, self.es_rule)),
+        ]
         for s in ("lv", "rv"):
             name = "LV" if s == "lv" else "RV"
             if not self.present(s):
@@ -433,7 +441,8 @@ def _build(
             status[s] = f"absent: {CONVENTION_TEXT[convention]} labels have no {name}"
         elif not any(totals):
             status[s] = (
-                f"absent: {not_segmented}" if s not in expected
+                f"absent: {not_segmented}"
+                if s not in expected
                 else f"absent: no voxel labelled {values[s]}"
             )
         else:
@@ -451,8 +460,9 @@ def _build(
                 f"({_frames_text(missing)}): no volume there"
             )
         if status[s] == "present" and missing and mode == "ed_es":
-            warns.append(f"{name} is labelled in one of the two volumes only ({phases[missing[0]]} "
-                         "has none)")
+            warns.append(
+                f"{name} is labelled in one of the two volumes only ({phases[missing[0]]} has none)"
+            )
     only_ones = [status[s] == "present" for s in ("rv", "myocardium", "lv")] == [True, False, False]
     if convention == "acdc" and only_ones:
         warns.append(
@@ -475,21 +485,69 @@ def _build(
         auto_ed = max(labelled_lv, key=lambda i: (lv[i], -i))
         auto_es = min(labelled_lv, key=lambda i: (lv[i], i))
         ed_rule, es_rule = "largest LV cavity volume", "smallest LV cavity volume"
+        if len(labelled_lv) == 1:
+            # ED = ES would report ESV = EDV, SV 0 and EF 0 % as if measured
+            auto_es = None
+            ed_rule = "the only frame with an LV cavity"
+            es_rule = "only one frame with an LV cavity; set ES by hand"
+            notes.append(
+                f"the LV cavity is labelled on frame {frames[auto_ed]} only: ES is undetermined, "
+                "so there is no ESV, SV or EF; set ES to override"
+            )
+        elif lv[auto_ed] == lv[auto_es]:
+            auto_es = None
+            es_rule = "largest and smallest LV cavity volumes are equal; set ES by hand"
+            notes.append(
+                f"the LV cavity has the same volume on all {len(labelled_lv)} frames where it is "
+                "labelled: ES is undetermined, so there is no ESV, SV or EF; set ES to override"
+            )
     else:
-        auto_ed, auto_es = 0, None
-        ed_rule = "first frame; no LV cavity"
+        myo = volumes["myocardium"]
+        with_myo = [i for i in range(n) if myo[i] is not None]
+        auto_ed, auto_es = (with_myo[0] if with_myo else 0), None
         es_rule = "no LV cavity; set it by hand"
-        notes.append(
-            "no LV cavity: ED is taken as frame 0 (an ECG-triggered cine starts at the R wave, "
-            "end-diastole) and ES is undetermined; set ED/ES to override"
-        )
+        if auto_ed == 0:
+            ed_rule = "first frame; no LV cavity"
+            notes.append(
+                "no LV cavity: ED is taken as frame 0 (an ECG-triggered cine starts at the R "
+                "wave, end-diastole) and ES is undetermined; set ED/ES to override"
+            )
+        else:
+            ed_rule = "first frame with myocardium; no LV cavity"
+            notes.append(
+                f"no LV cavity, and no myocardium on frame 0: ED is taken as frame "
+                f"{frames[auto_ed]}, the first frame with myocardium (not frame 0, where there "
+                "would be no LV mass) and ES is undetermined; set ED/ES to override"
+            )
     if ed is not None:
         auto_ed, ed_rule = ed, "set by the user"
     if es is not None:
         auto_es, es_rule = es, "set by the user"
+    by_user = {"ED": ed is not None, "ES": es is not None}
     ed, es = auto_ed, auto_es
-    if mode == "cine" and ed is not None and ed == es and n > 1:
-        warns.append(f"ED and ES are the same frame ({frames[ed]}): EF is 0")
+    if ed is not None and ed == es and n > 1:  # only a user's choice gives ED = ES
+        warns.append(
+            f"ED and ES are the same frame ({frames[ed]}), as set by hand: ESV = EDV, so SV is "
+            "0 and EF is 0 %"
+        )
+    for which, phase in (("ED", ed), ("ES", es)):
+        if not by_user[which] or phase is None:
+            continue
+        where = f"frame {frames[phase]}" if frames[phase] is not None else f"the {phases[phase]}"
+        for s in ("lv", "rv"):
+            if status[s] == "present" and volumes[s][phase] is None:
+                notes.append(
+                    f"{STRUCTURE_NAMES[s]} is unlabelled on the {which} set by the user "
+                    f"({where}): no {s.upper()} {which}V, SV or EF"
+                )
+        if (
+            which == "ED"
+            and status["myocardium"] == "present"
+            and volumes["myocardium"][phase] is None
+        ):
+            notes.append(
+                f"myocardium is unlabelled on the ED set by the user ({where}): no LV mass"
+            )
 
     missing = [s for s in ("lv", "rv") if s not in expected and status[s] != "present"]
     if missing and structures is not None:
@@ -524,7 +582,8 @@ def _build(
 
 
 def _plausibility(r: CardiacFunction) -> None:
-    """Warnings for implausible results: EF range, slice gaps, single-slice structures."""
+    """Warnings for implausible results: EF range, slice gaps, single-slice structures, ED and
+    ES labelled on different slices."""
     for s in ("lv", "rv"):
         ef = r.ef(s)
         lo, hi = EF_PLAUSIBLE
@@ -536,6 +595,23 @@ def _plausibility(r: CardiacFunction) -> None:
     if r.present("lv") and r.ed is not None and r.edv("lv") is not None:
         if not r.present("myocardium"):
             r.notes.append("no myocardium: no LV mass")
+    if r.ed is not None and r.es is not None and r.ed != r.es:
+        for s in ("lv", "rv"):
+            if r._at(s, r.ed) is None or r._at(s, r.es) is None:
+                continue
+            at_ed = np.flatnonzero(r.slice_counts[s][r.ed])
+            at_es = np.flatnonzero(r.slice_counts[s][r.es])
+            name = STRUCTURE_NAMES[s]
+            if len(at_ed) != len(at_es):
+                r.warnings.append(
+                    f"{name} labelled on {len(at_ed)} slices at ED but {len(at_es)} at ES: "
+                    "volumes are not comparable"
+                )
+            elif (at_ed[0], at_ed[-1]) != (at_es[0], at_es[-1]):
+                r.warnings.append(
+                    f"{name} labelled on slices {at_ed[0]}-{at_ed[-1]} at ED but "
+                    f"{at_es[0]}-{at_es[-1]} at ES: volumes are not comparable"
+                )
     for phase, which in ((r.ed, "ED"), (r.es, "ES")):
         if phase is None or (which == "ES" and phase == r.ed):
             continue
@@ -602,9 +678,17 @@ def measure_labels(
     if arr.ndim == 3:
         ed_i, es_i = _phase_index(ed, 1, "ED"), _phase_index(es, 1, "ES")
         return _build(
-            "volume", [arr], [sp[-3:]], (None,), ("volume",), convention=convention,
-            structures=structures, source=source,
-            ed=ed_i, es=es_i, time_step_ms=None,
+            "volume",
+            [arr],
+            [sp[-3:]],
+            (None,),
+            ("volume",),
+            convention=convention,
+            structures=structures,
+            source=source,
+            ed=ed_i,
+            es=es_i,
+            time_step_ms=None,
         )
     n = arr.shape[0]
     dt = sp[0] if len(sp) == 4 else None
@@ -648,9 +732,17 @@ def measure_ed_es(
     sp_ed = _spatial_spacing(spacing, 3, "ED labels")
     sp_es = _spatial_spacing(spacing if es_spacing is None else es_spacing, 3, "ES labels")
     result = _build(
-        "ed_es", vols, [sp_ed[-3:], sp_es[-3:]], (None, None), ("ED", "ES"),
-        convention=convention, structures=structures, source=source,
-        ed=None, es=None, time_step_ms=None,
+        "ed_es",
+        vols,
+        [sp_ed[-3:], sp_es[-3:]],
+        (None, None),
+        ("ED", "ES"),
+        convention=convention,
+        structures=structures,
+        source=source,
+        ed=None,
+        es=None,
+        time_step_ms=None,
     )
     if vols[0].shape[0] != vols[1].shape[0]:
         result.warnings.append(
@@ -700,12 +792,21 @@ def measure_segmentation(
     if es_segmentation is not None:
         structures = tuple(dict.fromkeys((*structures, *segmented_structures(es_segmentation))))
         return measure_ed_es(
-            _labels_of(segmentation), _labels_of(es_segmentation), spacing, es_spacing,
-            structures=structures, source="the model",
+            _labels_of(segmentation),
+            _labels_of(es_segmentation),
+            spacing,
+            es_spacing,
+            structures=structures,
+            source="the model",
         )
     return measure_labels(
-        _labels_of(segmentation), spacing, ed=ed, es=es, structures=structures,
-        source="the model", time_unit=time_unit,
+        _labels_of(segmentation),
+        spacing,
+        ed=ed,
+        es=es,
+        structures=structures,
+        source="the model",
+        time_unit=time_unit,
     )
 
 
@@ -722,12 +823,25 @@ def plot_volume_curve(result: CardiacFunction, ax: Any) -> Any:
     for s in STRUCTURES:
         if r.present(s):
             y = [math.nan if v is None else v for v in r.volumes[s]]
-            ax.plot(x, y, marker=".", color=COLOURS[s], label=STRUCTURE_NAMES[s],
-                    linestyle="--" if s == "myocardium" else "-", linewidth=1.2)
+            ax.plot(
+                x,
+                y,
+                marker=".",
+                color=COLOURS[s],
+                label=STRUCTURE_NAMES[s],
+                linestyle="--" if s == "myocardium" else "-",
+                linewidth=1.2,
+            )
     absent = [STRUCTURE_NAMES[s] for s in ("lv", "rv") if not r.present(s)]
     if absent:
-        ax.text(0.02, 0.04, f"absent: {', '.join(absent)}", fontsize=7, transform=ax.transAxes,
-                color="0.3")
+        ax.text(
+            0.02,
+            0.04,
+            f"absent: {', '.join(absent)}",
+            fontsize=7,
+            transform=ax.transAxes,
+            color="0.3",
+        )
     for idx, name in ((r.ed, "ED"), (r.es, "ES")):
         if idx is not None:
             ax.axvline(idx, color="0.5", linestyle=":", linewidth=1)

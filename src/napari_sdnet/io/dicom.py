@@ -5,7 +5,9 @@ pydicom + NumPy + nibabel only: this module never imports napari or Qt.
 What is read
 ------------
 A folder (searched recursively), a list of DICOM files, or one DICOM file (then: the series it
-belongs to, among the files of its folder). Files are grouped by SeriesInstanceUID. Only
+belongs to, among the files of its folder). Files without the DICM preamble and DICOM files
+pydicom cannot parse are skipped with one warning that counts them and names the first few.
+Files are grouped by SeriesInstanceUID. Only
 single-frame cross-sectional image series (MR, CT, ...) are volumes; structured reports,
 segmentations, presentation states, secondary captures, ... are skipped and named.
 
@@ -16,8 +18,9 @@ Within a series
 * phases (images at the same position) are ordered by TriggerTime (then InstanceNumber);
 * the array is ``(t, z, y, x)`` for a cine series (several phases), ``(z, y, x)`` otherwise,
   ``y`` = DICOM rows, ``x`` = columns; values have RescaleSlope/Intercept applied (float32);
-* spacing: PixelSpacing (row, column) in mm, the slice step measured from the positions (mm),
-  the frame interval (ms) = the median over slice positions of their mean TriggerTime step.
+* spacing: PixelSpacing (row, column) in mm, the slice spacing along the slice normal measured
+  from the positions (mm; the plane spacing, not the distance between slice origins), the
+  frame interval (ms) = the median over slice positions of their mean TriggerTime step.
 
 Geometry
 --------
@@ -28,11 +31,14 @@ the column spacing, the column direction times the row spacing, and the slice st
 with ImagePositionPatient of the first slice as origin, converted from DICOM's LPS to RAS
 (first two world axes negated). A NIfTI header (qform and sform code "scanner", units mm and
 ms, the frame interval in pixdim[4]) is built too, so ``write_nifti`` writes masks that lie at
-the same scanner positions as the DICOM pixels.
+the same scanner positions as the DICOM pixels. Slice origins may lie at most 1 degree off the
+slice normal (rounding in real headers); the sform keeps that slight shear exactly, the qform
+(which cannot hold a shear) has the slice step projected on the normal.
 
 Refused (:class:`~napari_sdnet.errors.InputError`, one line, nothing half-opened): a folder
 without DICOM, only non-image objects, mixed orientations, pixel spacings or image sizes,
-uneven slice spacing or missing slices, slice positions with different numbers of phases
+uneven slice spacing or missing slices, a sheared stack (slice origins advancing more than 1
+degree off the slice normal, e.g. gantry tilt), slice positions with different numbers of phases
 (missing phases), two images at the same position and trigger time, multi-frame (enhanced)
 objects, and compressed transfer syntaxes that no installed pydicom decoder handles (the
 message names what to install).
@@ -73,6 +79,7 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _ORIENTATION_TOL = 1e-3  # direction cosines
 _POSITION_TOL_MM = 0.01
 _SPACING_RTOL = 0.01
+_SHEAR_TOL_DEG = 1.0  # slice origins may lie this far off the slice normal (rounding)
 # SOP classes of objects that are not cross-sectional images, by the start of their UID
 _NON_IMAGE_PREFIXES = {
     "1.2.840.10008.5.1.4.1.1.88.": "structured report",
@@ -255,13 +262,52 @@ def looks_like_dicom_folder(path: str | os.PathLike[str], probe: int = 64) -> bo
 
 def dicom_files_in(folder: str | os.PathLike[str]) -> list[Path]:
     """The DICOM files (by preamble) under ``folder``, recursively, in a stable order."""
+    return _sort_files(folder)[0]
+
+
+def _sort_files(folder: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
+    """``(DICOM files, other files)`` under ``folder`` (hidden files are neither)."""
     folder = Path(folder)
-    files = [f for f in _walk_files(folder, MAX_FILES + 1) if is_dicom_file(f)]
+    files: list[Path] = []
+    others: list[Path] = []
+    for f in _walk_files(folder, MAX_FILES + 1):
+        (files if is_dicom_file(f) else others).append(f)
     if len(files) > MAX_FILES:
         raise InputError(
             f"{folder}: more than {MAX_FILES} DICOM files; open one series' folder instead"
         )
-    return files
+    return files, others
+
+
+def _names(paths: Sequence[Path], root: Path, first: int = 3) -> str:
+    """``"a.txt, sub/b, c.json, ..."``: the first few paths relative to ``root``."""
+    shown = []
+    for p in paths[:first]:
+        try:
+            shown.append(str(p.relative_to(root)))
+        except ValueError:
+            shown.append(p.name)
+    return ", ".join(shown) + (", ..." if len(paths) > first else "")
+
+
+def _warn_skipped_files(
+    where: Path, no_preamble: Sequence[Path], unreadable: Sequence[tuple[Path, str]]
+) -> None:
+    """One warning line naming the files that were not read (count + the first few names)."""
+    parts = []
+    if no_preamble:
+        parts.append(
+            f"{len(no_preamble)} file(s) without the DICM preamble (not DICOM files): "
+            f"{_names(no_preamble, where)}"
+        )
+    if unreadable:
+        why = unreadable[0][1]
+        parts.append(
+            f"{len(unreadable)} DICOM file(s) that cannot be parsed: "
+            f"{_names([p for p, _ in unreadable], where)} ({why})"
+        )
+    if parts:
+        warnings.warn(f"{where}: skipped {'; '.join(parts)}", UserWarning, stacklevel=5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,16 +329,22 @@ class _quiet_pydicom:
         self._ctx.__exit__(*exc)
 
 
-def _read_headers(files: Sequence[Path]) -> list[_Header]:
+def _read_headers(
+    files: Sequence[Path], failed: list[tuple[Path, str]] | None = None
+) -> list[_Header]:
+    """The headers of ``files``; those that do not parse are left out (and added to ``failed``
+    as ``(path, reason)`` when given)."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     out = []
     with _quiet_pydicom():
         for f in files:
             try:
                 ds = pydicom.dcmread(str(f), stop_before_pixels=True)
-            except (InvalidDicomError, OSError, ValueError, EOFError, KeyError):
+            except Exception as exc:  # InvalidDicomError, OSError, NotImplementedError (VR), ...
+                if failed is not None:
+                    text = str(exc).splitlines()[0] if str(exc) else ""
+                    failed.append((f, f"{type(exc).__name__}: {text}"[:120].rstrip(": ")))
                 continue
             out.append(_Header(f, ds))
     return out
@@ -430,6 +482,16 @@ def _layout(series: _Series, where: Path) -> _Layout:
                 f"{gaps.max():.2f} mm); it is not one regular stack"
             )
         step_vec = (centres[-1] - centres[0]) / (n_z - 1)
+        # the origins should advance along the normal; a sheared stack (gantry tilt, or
+        # slices shifted in plane) has no NIfTI qform and is refused
+        cos = abs(float(step_vec @ normal)) / float(np.linalg.norm(step_vec))
+        shear = float(np.degrees(np.arccos(min(1.0, cos))))
+        if shear > _SHEAR_TOL_DEG:
+            raise InputError(
+                f"{where}: {label}: the slice origins advance {shear:.1f} degrees off the slice "
+                f"normal (a sheared stack, e.g. gantry tilt; at most {_SHEAR_TOL_DEG:g} is "
+                "accepted); resample it to an orthogonal stack first"
+            )
     else:
         thickness = series.first.get("SpacingBetweenSlices") or series.first.get("SliceThickness")
         try:
@@ -503,8 +565,9 @@ def _layout(series: _Series, where: Path) -> _Layout:
     lps[:3, 2] = step_vec
     lps[:3, 3] = centres[0]
     affine = _LPS_TO_RAS @ lps
-    step_len = float(np.linalg.norm(step_vec))
-    spatial = (step_len, row_spacing, col_spacing)
+    # the voxel size along the slice axis is the plane spacing (along the normal), not the
+    # distance between slice origins: |det(affine)| = dz * dy * dx also for a slight shear
+    spatial = (step_mm, row_spacing, col_spacing)
     spacing = ((dt,) + spatial) if dt is not None else spatial
     return _Layout(series, grid, affine, spacing, trigger, rows, columns)
 
@@ -580,9 +643,16 @@ def _nifti_header(affine: np.ndarray, file_shape: tuple[int, ...], dt: float | N
     hdr = nib.Nifti1Header()
     hdr.set_data_shape(file_shape)
     hdr.set_data_dtype(np.float32)
-    hdr.set_qform(affine, code="scanner")
+    # the sform keeps the affine as it is (slice origins exactly where DICOM puts them, even
+    # with the slight shear _layout accepts); the qform cannot hold a shear, so it gets the
+    # slice step projected on the slice normal instead of nibabel's silent approximation
+    qform = affine.copy()
+    normal = np.cross(affine[:3, 0], affine[:3, 1])
+    normal /= np.linalg.norm(normal)
+    qform[:3, 2] = normal * float(affine[:3, 2] @ normal)
+    hdr.set_qform(qform, code="scanner")
     hdr.set_sform(affine, code="scanner")
-    zooms = [float(np.linalg.norm(affine[:3, k])) for k in range(3)]
+    zooms = [float(np.linalg.norm(qform[:3, k])) for k in range(3)]
     if dt is not None:
         zooms.append(float(dt))
     hdr.set_zooms(zooms[: len(file_shape)])
@@ -632,12 +702,15 @@ def _volume(layout: _Layout, where: Path, source: Path) -> DicomVolume:
 def _scan(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]):
     """``(where, files, series list, wanted series UID or None)`` for a folder, file or list."""
     wanted = None
+    others: list[Path] = []
+    folder = None
     if isinstance(path, str | os.PathLike):
         where = Path(path)
         if not where.exists():
             raise InputError(f"{where}: not found")
         if where.is_dir():
-            files = dicom_files_in(where)
+            folder = where
+            files, others = _sort_files(where)
             if not files:
                 raise InputError(f"{where}: no DICOM files in this folder")
         else:
@@ -647,7 +720,8 @@ def _scan(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]):
             if not head:
                 raise InputError(f"{where}: not a readable DICOM file")
             wanted = str(head[0].ds.get("SeriesInstanceUID", "") or "(no series UID)")
-            files = dicom_files_in(where.parent)
+            folder = where.parent
+            files, others = _sort_files(folder)
     else:
         files = [Path(p) for p in path]
         if not files:
@@ -656,9 +730,12 @@ def _scan(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]):
         missing = [f for f in files if not is_dicom_file(f)]
         if missing:
             raise InputError(f"{missing[0]}: not a DICOM file (no DICM preamble)")
-    headers = _read_headers(files)
+    failed: list[tuple[Path, str]] = []
+    headers = _read_headers(files, failed)
     if not headers:
-        raise InputError(f"{where}: no readable DICOM files")
+        example = f" (e.g. {failed[0][0].name}: {failed[0][1]})" if failed else ""
+        raise InputError(f"{where}: no readable DICOM files{example}")
+    _warn_skipped_files(folder or where, others, failed)
     return where, _group_series(headers), wanted
 
 
@@ -833,8 +910,8 @@ def iter_dicom_records(path: str | os.PathLike[str], config: Any = None):
     expert contours are a DICOM SEG in the same folder (as
     :func:`~napari_sdnet.io.datasets.iter_cine_nifti` does for NIfTI: a slice counts as
     labelled when it contains myocardium)."""
-    from napari_sdnet.io.slices import MYOCARDIUM, VolumeRecord, _config, _model_masks
     from napari_sdnet.io.seg import read_dicom_seg
+    from napari_sdnet.io.slices import MYOCARDIUM, VolumeRecord, _config, _model_masks
     from napari_sdnet.preprocess import preprocess_volume
 
     config = _config(config)

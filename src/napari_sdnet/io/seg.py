@@ -14,9 +14,13 @@ value  segment      segmented property type (category: Anatomical Structure)
 
 Cine series: highdicom (0.28) builds Segmentations over distinct plane positions only, so a
 cine SEG is built phase by phase and the phases are joined into one object with a third
-dimension, TemporalPositionIndex (DimensionOrganizationType ``3D_TEMPORAL``). Every frame still
-references its own source image, so readers that match frames to source images (highdicom,
-dcmjs/OHIF, ...) place it on the right phase.
+dimension, TemporalPositionIndex. The joined object carries no DimensionOrganizationType (an
+optional attribute): highdicom labels a single-segment phase ``3D``, which no longer holds once
+phases are joined, and ``3D_TEMPORAL`` would promise one complete, equally spaced volume of
+frames per temporal position, which a SEG without its empty frames does not have. Every frame
+still references its own source image (and the top-level SourceImageSequence and
+ReferencedSeriesSequence list the source images of every phase), so readers that match frames
+to source images (highdicom, dcmjs/OHIF, ...) place it on the right phase.
 
 :func:`read_dicom_seg` reads such an object back onto the source series' ``(t, z, y, x)`` grid
 as ACDC label values.
@@ -233,6 +237,7 @@ def _join_phases(phase_segs: list[tuple[int, Any]], info: DicomSeriesInfo, heade
     items: list[Any] = []
     pixels: list[np.ndarray] = []
     referenced: dict[str, Any] = {}
+    sources: dict[str, Any] = {}
     for t, seg in phase_segs:
         frames = _frames(seg)
         for k, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
@@ -248,6 +253,8 @@ def _join_phases(phase_segs: list[tuple[int, Any]], info: DicomSeriesInfo, heade
         for series_item in seg.ReferencedSeriesSequence:
             for ref in series_item.ReferencedInstanceSequence:
                 referenced.setdefault(str(ref.ReferencedSOPInstanceUID), ref)
+        for ref in seg.get("SourceImageSequence", []):
+            sources.setdefault(str(ref.ReferencedSOPInstanceUID), ref)
 
     dimension = Dataset()
     dimension.DimensionOrganizationUID = base.DimensionIndexSequence[0].DimensionOrganizationUID
@@ -255,13 +262,17 @@ def _join_phases(phase_segs: list[tuple[int, Any]], info: DicomSeriesInfo, heade
     dimension.FunctionalGroupPointer = _FRAME_CONTENT_SEQUENCE
     dimension.DimensionDescriptionLabel = "Temporal Position Index"
     base.DimensionIndexSequence.append(dimension)
+    # highdicom writes "3D" for a single-segment phase; the joined phases are not one 3D volume,
+    # and "3D_TEMPORAL" needs every temporal position to hold a complete volume (empty frames
+    # are omitted here), so the optional attribute is left out
     if "DimensionOrganizationType" in base:
-        base.DimensionOrganizationType = "3D_TEMPORAL"
+        del base.DimensionOrganizationType
     base.PerFrameFunctionalGroupsSequence = DicomSequence(items)
     base.NumberOfFrames = len(items)
     base.ReferencedSeriesSequence[0].ReferencedInstanceSequence = DicomSequence(
         list(referenced.values())
     )
+    base.SourceImageSequence = DicomSequence(list(sources.values()))
     base.PixelData = pack_bits(np.stack(pixels).reshape(-1))
     return base
 
