@@ -326,3 +326,28 @@ def test_scanner_shift_changes_intensities_and_keeps_padding(data):
     assert torch.all(out[:, :, :, :5] == -1.0)
     assert not torch.allclose(out, x, atol=1e-3)
     run.finish("budget")
+
+
+def test_the_structures_loss_keeps_an_absent_structure_alive():
+    """Cross-entropy + batch Dice: a structure missing from most slices still gets a gradient
+    and a predicted pixel of it on a slice without it costs little (per-image Dice killed it)."""
+    from napari_sdnet.training.losses import dice_loss, structures_loss
+
+    target = torch.zeros(4, 3, 16, 16)
+    target[0, 0, 2:6, 2:6] = 1  # the RV on one slice of four
+    target[:, 1, 8:12, 8:12] = 1
+    logits = torch.zeros(4, 4, 16, 16, requires_grad=True)
+    loss = structures_loss(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad[:, 1].abs().sum() > 0
+    # one stray RV pixel on a slice without RV: small change of the batch loss
+    probs = torch.zeros(4, 3, 16, 16)
+    probs[:, 1] = target[:, 1]
+    probs[0, 0] = target[0, 0]
+    stray = probs.clone()
+    stray[2, 0, 0, 0] = 1.0
+    logit = torch.log(torch.cat([1 - probs.sum(1, keepdim=True), probs], 1).clamp_min(1e-4))
+    logit_stray = torch.log(torch.cat([1 - stray.sum(1, keepdim=True), stray], 1).clamp_min(1e-4))
+    assert structures_loss(logit_stray, target) - structures_loss(logit, target) < 0.05
+    # whereas the per-image Dice of the paper's loss jumps for that pixel
+    assert dice_loss(stray[:, :1], target[:, :1]) - dice_loss(probs[:, :1], target[:, :1]) > 0.2

@@ -25,6 +25,30 @@ def dice_loss(pred: torch.Tensor, target: torch.Tensor, smooth: float = 0.1) -> 
     return 1.0 - soft_dice(pred, target, smooth)
 
 
+def structures_loss(
+    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0
+) -> torch.Tensor:
+    """Segmentation loss of a model of several structures: cross-entropy of the softmax over
+    background + structures, plus ``1 -`` the soft Dice of each structure over the whole batch.
+
+    ``logits`` ``(B, 1 + C, H, W)`` (background first), ``target`` ``(B, C, H, W)`` one-hot
+    (exclusive structures). The Dice is pooled over the batch, not per image: per-image Dice
+    punishes any pixel of a structure absent from a slice (e.g. the RV at the apex) so hard
+    that the structure's channel can die altogether (measured: the RV channel of a 3-structure
+    U-Net went to Dice 0 after 5000 iterations with per-image Dice).
+    """
+    target = target.float()
+    index = (
+        target * torch.arange(1, target.shape[1] + 1, device=target.device).view(1, -1, 1, 1)
+    ).sum(1)
+    ce = torch.nn.functional.cross_entropy(logits.float(), index.long())
+    prob = torch.softmax(logits.float(), dim=1)[:, 1:]
+    inter = (prob * target).sum(dim=(0, 2, 3))
+    denom = prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
+    dice = ((2.0 * inter + smooth) / (denom + smooth)).mean()
+    return ce + (1.0 - dice)
+
+
 def lsgan_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     """Least-squares GAN loss for the generator: push D's score on fakes to 1."""
     return torch.mean((fake_scores.float() - 1.0) ** 2)

@@ -34,12 +34,13 @@ from napari_sdnet.choices import LR_SCHEDULES, MODEL_TYPES, SELECT_ON
 from napari_sdnet.errors import InputError
 from napari_sdnet.inference import SliceOutputs, predict_slices
 from napari_sdnet.io.slices import structure_channels
-from napari_sdnet.model import SDNet, binarise, hard_channels
+from napari_sdnet.model import SDNet, binarise, hard_channels, mask_from_logits
 from napari_sdnet.training.losses import (
     dice_loss,
     hard_dice,
     lsgan_discriminator_loss,
     lsgan_generator_loss,
+    structures_loss,
 )
 
 
@@ -953,8 +954,13 @@ class _Run:
             # ---- generator step on a labelled batch
             xl, ml = self.batch(self.lab_x, self.lab_stream.next(), self.lab_m)
             with self.autocast():
-                m, z = model.decomposer(xl)
-                dice = dice_loss(m, ml)
+                if len(self.structures) == 1:
+                    m, z = model.decomposer(xl)
+                    dice = dice_loss(m, ml)
+                else:
+                    logits, z = model.decomposer.forward_logits(xl)
+                    m = mask_from_logits(logits)
+                    dice = structures_loss(logits, ml)
                 loss = w.dice * dice
                 if self.use_mask_adv:
                     adv_m = lsgan_generator_loss(model.mask_discriminator(m))
