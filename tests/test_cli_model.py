@@ -97,6 +97,7 @@ def test_predict_refuses_to_overwrite(files, tmp_path, capsys):
     assert out.read_bytes() == b"keep me"
     assert main([*args, "--overwrite"]) == 0
     assert nib.load(out).shape == nib.load(files["image3"]).shape
+    capsys.readouterr()  # (this small phantom draws a field-of-view warning)
     # the reconstruction output is checked before any work, too
     rec = tmp_path / "rec.nii.gz"
     rec.write_bytes(b"x")

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from napari_sdnet.errors import CheckpointError, InputError
+from napari_sdnet.errors import CheckpointError, InputError, TrainingError
 from napari_sdnet.io.datasets import MYOCARDIUM  # ACDC value of the model's binary mask
 from napari_sdnet.latent import (  # latent space exploration (docs/api.md, "Latent mixing")
     Figure3,
@@ -92,6 +93,13 @@ __all__ = [
     "mix_z",
     "offset_z",
     "save_figure3",
+    # cardiac function (napari_sdnet.cardiac)
+    "CardiacFunction",
+    "measure",
+    "measure_ed_es",
+    "measure_labels",
+    "measure_segmentation",
+    "segmented_structures",
 ]
 
 #: File name of the bundled model inside ``napari_sdnet/weights``.
@@ -224,6 +232,10 @@ def load_model(source: str | os.PathLike[str] = "bundled", device: Any = "auto")
     from napari_sdnet.device import resolve_device
     from napari_sdnet.training.checkpoint import load_checkpoint
 
+    if source is None or not isinstance(source, str | os.PathLike):
+        raise InputError(
+            f"load_model needs 'bundled' or a model file path, got {type(source).__name__}"
+        )
     dev = resolve_device(device)
     if isinstance(source, str) and source.strip().lower() == "bundled":
         path = bundled_model_path()
@@ -294,7 +306,8 @@ class Segmentation:
     Attributes:
         mask: uint8 ``(..., H, W)``, 1 = myocardium (restored probability >= 0.5).
         probability: float32 ``(..., H, W)`` in [0, 1] (0 outside the model's field of view).
-        z: float32 ``(..., z_dim)``: the latent vector Z of every slice.
+        z: float32 ``(..., z_dim)``: the latent vector Z of every slice (None when segmented
+            with ``latents=False``).
         reconstruction: float32 ``(..., H, W)``: g(round(M), Z) on the input grid, in the
             model's [-1, 1] intensity scale (``pad_value`` outside the field of view). See
             :attr:`reconstruction_intensity` for the image's own units.
@@ -305,18 +318,56 @@ class Segmentation:
         model_reconstruction: float32 ``(..., S, S)``: the reconstruction on the model grid.
         spacing: the in-plane ``(sy, sx)`` (mm) that was used.
         spacing_assumed: True when no spacing was given and the model's pixel size was assumed.
+        precision: the inference precision that was used (``fp32``, ``bf16`` or ``fp16``).
+
+    :func:`segment` does not run the reconstructor: ``reconstruction``,
+    ``model_reconstruction`` and :attr:`reconstruction_intensity` are computed on first use
+    (once, with the model and precision that made the segmentation), so a caller that only
+    wants the mask never pays for them.
     """
 
     mask: np.ndarray
     probability: np.ndarray
-    z: np.ndarray
-    reconstruction: np.ndarray
+    z: np.ndarray | None
+    reconstruction: np.ndarray | None = field(repr=False)
     grid: SliceGrid
     model_image: np.ndarray
     model_mask: np.ndarray
-    model_reconstruction: np.ndarray
+    model_reconstruction: np.ndarray | None = field(repr=False)
     spacing: tuple[float, float]
     spacing_assumed: bool = False
+    precision: str = "fp32"
+    #: computes the model-grid reconstruction when it was not given (see the class docstring)
+    decoder: InitVar[Callable[[], np.ndarray] | None] = None
+
+    def __post_init__(self, decoder: Callable[[], np.ndarray] | None) -> None:
+        self.__dict__["_decoder"] = decoder
+        self.__dict__["_lazy_lock"] = threading.RLock()
+        # not given: leave them unset, so that the first access goes through __getattr__
+        for name in ("model_reconstruction", "reconstruction"):
+            if self.__dict__.get(name) is None:
+                del self.__dict__[name]
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for attributes that are not set: the lazy reconstructions
+        if name not in ("model_reconstruction", "reconstruction") or "_lazy_lock" not in (
+            self.__dict__
+        ):
+            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+        with self.__dict__["_lazy_lock"]:
+            if name not in self.__dict__:
+                if name == "reconstruction":
+                    value = restore_image(self.model_reconstruction, self.grid)
+                else:
+                    decoder = self.__dict__.get("_decoder")
+                    if decoder is None:
+                        raise InputError(
+                            "this segmentation has no reconstruction: it was made with "
+                            "latents=False (no Z); segment again with latents=True"
+                        )
+                    value = decoder()
+                self.__dict__[name] = value
+            return self.__dict__[name]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -348,7 +399,16 @@ def to_acdc_labels(mask: Any) -> np.ndarray:
 
 
 def _check_image(image: Any) -> np.ndarray:
-    arr = np.asarray(image)
+    if image is None:
+        raise InputError("no image given (None); pass a 2D, 3D or 4D array")
+    try:
+        arr = np.asarray(image)
+    except ValueError as exc:  # a ragged list of slices of different sizes
+        raise InputError(
+            f"image must be a regular array; got a ragged sequence ({str(exc).split(':')[0]})"
+        ) from None
+    if arr.dtype == object:
+        raise InputError("image must be a regular numeric array, not a ragged list of slices")
     if arr.ndim < 2 or arr.ndim > 4:
         raise InputError(
             f"image must be 2D (y, x), 3D (z, y, x) or 4D (t, z, y, x); got shape {arr.shape}"
@@ -373,6 +433,37 @@ def _resolve_spacing(
     return inplane_spacing(spacing, ndim), False
 
 
+#: A heart is about 100-120 mm across; a short-axis field of view narrower than this (mm),
+#: or pixels coarser than this (mm), means the spacing is wrong or the image is not cardiac.
+MIN_FIELD_OF_VIEW_MM = 60.0
+MAX_INPLANE_SPACING_MM = 4.0
+
+
+def _warn_implausible_field_of_view(
+    shape: Sequence[int], in_plane: tuple[float, float], preprocess: PreprocessConfig
+) -> None:
+    """Warn (before segmenting) when the spacing makes the heart a few pixels or a blur."""
+    fov = [n * s for n, s in zip(shape[-2:], in_plane, strict=True)]
+    heart_px = 100.0 / preprocess.target_spacing
+    if min(fov) < MIN_FIELD_OF_VIEW_MM:
+        warnings.warn(
+            f"the image covers only {fov[0]:.0f} x {fov[1]:.0f} mm at {in_plane[0]:g} x "
+            f"{in_plane[1]:g} mm per pixel, less than a heart (about 100 mm): check the spacing; "
+            f"at the model's {preprocess.target_spacing:g} mm the whole image is "
+            f"{min(fov) / preprocess.target_spacing:.0f} pixels (a heart is about {heart_px:.0f}), "
+            "so the mask will likely be empty",
+            UserWarning,
+            stacklevel=4,
+        )
+    elif max(in_plane) > MAX_INPLANE_SPACING_MM:
+        warnings.warn(
+            f"in-plane pixels of {in_plane[0]:g} x {in_plane[1]:g} mm are very coarse for cine "
+            "MR (usually 1-2 mm): check the spacing",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def _check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -382,28 +473,48 @@ def _check_batch_size(batch_size: Any) -> int:
 
 
 def _predict_iter(
-    model: Model, slices: np.ndarray, batch_size: int
-) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    model: Model,
+    slices: np.ndarray,
+    batch_size: int | None,
+    *,
+    precision: str = "auto",
+    outputs: Sequence[str] = ("mask",),
+) -> Generator[
+    tuple[int, int], None, tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]
+]:
     """Batched inference on model-grid slices ``(N, S, S)``, yielding ``(done, N)``.
 
-    Returns ``(probability (N, S, S), z (N, z_dim), reconstruction (N, S, S))``.
+    Returns ``(probability (N, S, S), z (N, z_dim), reconstruction (N, S, S))``, each None
+    unless named in ``outputs`` (``mask``, ``z``, ``reconstruction``; default: the mask only).
+    The default precision is :func:`segment`'s, so that :func:`evaluate` scores what
+    :func:`segment` (and ``napari-sdnet predict``) return.
     """
     from napari_sdnet.inference import iter_predict
 
     n = len(slices)
     size = model.config.image_size
-    prob = np.empty((n, size, size), np.float32)
-    recon = np.empty((n, size, size), np.float32)
-    z = np.empty((n, model.config.z_dim), np.float32)
+    shapes = {
+        "mask": (n, size, size),
+        "z": (n, model.config.z_dim),
+        "reconstruction": (n, size, size),
+    }
+    arrays = {k: np.empty(shapes[k], np.float32) for k in outputs}
     start = 0
     yield 0, n
-    for done, out in iter_predict(model.network, slices, batch_size=batch_size):
-        prob[start:done] = out.probability
-        z[start:done] = out.z
-        recon[start:done] = out.reconstruction
+    gen = iter_predict(
+        model.network, slices, batch_size=batch_size, precision=precision, outputs=outputs
+    )
+    for done, out in gen:
+        for key, value in (
+            ("mask", out.probability),
+            ("z", out.z),
+            ("reconstruction", out.reconstruction),
+        ):
+            if key in arrays:
+                arrays[key][start:done] = value
         start = done
         yield done, n
-    return prob, z, recon
+    return arrays.get("mask"), arrays.get("z"), arrays.get("reconstruction")
 
 
 def _native_mask(probability: np.ndarray) -> np.ndarray:
@@ -416,7 +527,9 @@ def segment_iter(
     image: Any,
     spacing: Sequence[float] | None = None,
     *,
-    batch_size: int = 16,
+    batch_size: int | None = None,
+    precision: str = "auto",
+    latents: bool = True,
 ) -> Generator[tuple[int, int] | Segmentation, None, Segmentation]:
     """Segment ``image``, yielding ``(done, total)`` slice counts, then the :class:`Segmentation`.
 
@@ -424,30 +537,53 @@ def segment_iter(
     result (it is also the generator's return value). :func:`segment` drives it to the end.
     Arguments as :func:`segment`.
     """
+    from napari_sdnet.inference import default_batch_size, resolve_precision
+
     model = _as_model(model)
     arr = _check_image(image)
+    used_precision = resolve_precision(precision, model.device)
+    if batch_size is None:
+        batch_size = default_batch_size(model.device, used_precision)
     batch_size = _check_batch_size(batch_size)
     in_plane, assumed = _resolve_spacing(spacing, arr.ndim, model.preprocess)
     # one normalisation for the whole array: a 4D study shares one intensity scale (as training)
     slices, grid = preprocess_volume(arr, in_plane, model.preprocess)
+    _warn_implausible_field_of_view(arr.shape, in_plane, model.preprocess)
     lead = arr.shape[:-2]
     size = model.config.image_size
     flat = slices.reshape(-1, size, size)
-    prob, z, recon = yield from _predict_iter(model, flat, batch_size)
+    outputs = ("mask", "z") if latents else ("mask",)
+    prob, z, _ = yield from _predict_iter(
+        model, flat, batch_size, precision=used_precision, outputs=outputs
+    )
+    assert prob is not None
+    decoder = None
+    if z is not None:
+        z_flat = z
+
+        def decoder() -> np.ndarray:
+            from napari_sdnet.inference import decode_latents
+
+            recon = decode_latents(
+                model.network, prob, z_flat, batch_size=batch_size, precision=used_precision
+            )
+            return recon.reshape(*lead, size, size)
+
     model_prob = prob.reshape(*lead, size, size)
-    model_recon = recon.reshape(*lead, size, size)
     probability = restore_probabilities(model_prob, grid)
     result = Segmentation(
         mask=_native_mask(probability),
         probability=probability,
-        z=z.reshape(*lead, model.config.z_dim),
-        reconstruction=restore_image(model_recon, grid),
+        z=None if z is None else z.reshape(*lead, model.config.z_dim),
+        reconstruction=None,
         grid=grid,
         model_image=slices,
         model_mask=model_prob,
-        model_reconstruction=model_recon,
+        model_reconstruction=None,
         spacing=in_plane,
         spacing_assumed=assumed,
+        precision=used_precision,
+        decoder=decoder,
     )
     yield result
     return result
@@ -458,8 +594,10 @@ def segment(
     image: Any,
     spacing: Sequence[float] | None = None,
     *,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: ProgressCallback | None = None,
+    precision: str = "auto",
+    latents: bool = True,
 ) -> Segmentation:
     """Segment the myocardium in a 2D, 3D or 4D image.
 
@@ -472,11 +610,19 @@ def segment(
         spacing: mm per array axis (e.g. ``(dt, dz, dy, dx)``; only the in-plane ``(dy, dx)``
             matter) or the in-plane ``(sy, sx)``. ``None``: the pixels are assumed to already
             have the model's pixel size (no resampling; a warning for 3D/4D images).
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass; None (default) picks the fastest for the device
+            and precision (:func:`napari_sdnet.inference.default_batch_size`).
         progress: optional ``progress(done, total)`` callback, in slices.
+        precision: ``auto`` (default: bf16 on CPUs with native bf16, fp16 on CUDA, else
+            fp32; masks agree with fp32 at Dice >= 0.995), ``fp32``, ``bf16`` or ``fp16``
+            (GPU only). See :func:`napari_sdnet.inference.resolve_precision`.
+        latents: compute Z (default; needed for the reconstruction and latent mixing). With
+            False only the mask is computed (the Z head is skipped): ``z`` is None and there
+            is no reconstruction.
 
     Returns:
         A :class:`Segmentation` (mask, probability, Z, reconstruction, grid, model-grid arrays).
+        Its reconstruction is computed on first use.
 
     Raises:
         InputError: 1D/5D, empty, all-NaN or constant images, images smaller than 8x8
@@ -484,7 +630,9 @@ def segment(
 
     ``unet``/``gan`` models have no trained reconstructor: their ``reconstruction`` is noise.
     """
-    gen = segment_iter(model, image, spacing, batch_size=batch_size)
+    gen = segment_iter(
+        model, image, spacing, batch_size=batch_size, precision=precision, latents=latents
+    )
     for item in gen:
         if isinstance(item, Segmentation):
             return item
@@ -507,6 +655,7 @@ def reconstruct(
     *,
     batch_size: int = 16,
     denormalise: bool = False,
+    precision: str = "auto",
 ) -> np.ndarray:
     """g(M, Z): an image from any myocardium mask(s) and latent vector(s), the mixing primitive.
 
@@ -521,6 +670,8 @@ def reconstruct(
         spacing: in-plane ``(sy, sx)`` (or per axis) of an original-grid mask.
         grid: the :class:`SliceGrid` of an original-grid mask, e.g. ``Segmentation.grid``.
         batch_size: slices per forward pass.
+        precision: as for :func:`segment` (default ``auto``, the precision :func:`segment`
+            uses, so that g(M, Z) of a segmented slice is its ``model_reconstruction``).
         denormalise: with a ``grid`` from :func:`segment`, return the image's own units
             instead of the model's [-1, 1] scale.
 
@@ -585,7 +736,7 @@ def reconstruct(
     # copies: torch refuses read-only (broadcast) arrays
     m_flat = np.array(np.broadcast_to(m, (*lead, size, size)).reshape(-1, size, size))
     z_flat = np.array(np.broadcast_to(zz, (*lead, z_dim)).reshape(-1, z_dim))
-    out = decode_latents(model.network, m_flat, z_flat, batch_size=batch_size)
+    out = decode_latents(model.network, m_flat, z_flat, batch_size=batch_size, precision=precision)
     out = out.reshape(*lead, size, size)
     if grid is None:
         if denormalise:
@@ -684,7 +835,11 @@ def _dataset_records(
 ) -> tuple[Iterator[VolumeRecord], int | None, str, str | None]:
     """``(records, total or None, layout, split or None)`` for a dataset path."""
     from napari_sdnet.io import datasets as ds
+    from napari_sdnet.io import dicom as dicom_io
 
+    if dicom_io.looks_like_dicom_folder(path) or dicom_io.is_dicom_file(path):
+        # a DICOM series with a DICOM SEG of its expert contours in the same folder
+        return dicom_io.iter_dicom_records(path, config), None, "dicom", None
     layout = ds.detect_layout(path)
     if layout == "acdc_h5":
         total = len(ds.read_acdc_split(path).get(split, [])) if split in ds.SPLITS else None
@@ -746,6 +901,15 @@ def evaluate(
     model = _as_model(model)
     batch_size = _check_batch_size(batch_size)
     config = model.preprocess
+    if dataset is None or isinstance(dataset, bytes):
+        raise InputError(
+            "evaluate needs a dataset: a folder or file path, or an iterable of VolumeRecord"
+        )
+    if not isinstance(dataset, str | os.PathLike) and not isinstance(dataset, Iterable):
+        raise InputError(
+            f"evaluate needs a dataset path or an iterable of VolumeRecord, got "
+            f"{type(dataset).__name__}"
+        )
     if isinstance(dataset, str | os.PathLike):
         records, total, layout, used_split = _dataset_records(
             Path(dataset), split, config, _h5_spacing_for(model, h5_spacing)
@@ -853,6 +1017,22 @@ FINETUNE_LR = 3e-4
 FINETUNE_SCHEDULE = "cosine"
 
 
+#: Fine-tuning whose result segments the painted slices themselves worse than the start by
+#: more than this (hard myocardium Dice, model grid) is refused: it has broken the model.
+FINETUNE_WORSE_BY = 0.05
+#: ... when the start segmented them at all (an untrained model has nothing to lose).
+FINETUNE_CHECK_FROM = 0.2
+
+
+def _painted_dice(network: Any, data: Any) -> float:
+    """Hard myocardium Dice of ``network`` on the painted (labelled) model-grid slices."""
+    from napari_sdnet.inference import predict_slices
+    from napari_sdnet.training.losses import hard_dice
+
+    out = predict_slices(network, data.labelled_images, batch_size=16)
+    return float(hard_dice(out.probability >= THRESHOLD, data.labelled_masks > 0))
+
+
 def finetune_loss_weights() -> Any:
     """SDNet's losses for fine-tuning on a few painted slices: the paper's, WITHOUT the
     adversarial mask terms.
@@ -932,6 +1112,7 @@ def finetune(
         AugmentConfig,
         TrainConfig,
         TrainData,
+        check_budget,
         clone_model,
         train,
     )
@@ -941,14 +1122,7 @@ def finetune(
     lab = _painted_slices(labels, arr.shape)
     if seconds is None and steps is None:
         raise InputError("give a fine-tuning budget: seconds=... and/or steps=...")
-    if seconds is not None and not (math.isfinite(float(seconds)) and float(seconds) > 0):
-        raise InputError(f"seconds must be > 0, got {seconds!r}")
-    if steps is not None and (
-        isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1
-    ):
-        raise InputError(f"steps must be a positive integer, got {steps!r}")
-    if not (math.isfinite(float(lr)) and float(lr) > 0):
-        raise InputError(f"lr must be > 0, got {lr!r}")
+    check_budget(lr=lr, seconds=seconds, steps=steps)
     batch_size = _check_batch_size(batch_size)
 
     myo = lab == MYOCARDIUM
@@ -986,8 +1160,12 @@ def finetune(
             stacklevel=2,
         )
     network = clone_model(model.network).to(dev)
+    before = _painted_dice(network, data)
+    # A U-Net/GAN baseline is fine-tuned as what it is (Dice on the painted slices): its
+    # reconstructor was never trained, and a few steps would not make it so.
+    sdnet = model.model_type == "sdnet"
     config = TrainConfig(
-        model_type="sdnet",
+        model_type="sdnet" if sdnet else "unet",
         batch_size=batch_size,
         lr=float(lr),
         max_iterations=None if steps is None else int(steps),
@@ -1014,6 +1192,26 @@ def finetune(
                 break
     finally:
         trainer.close()
+    if last is not None and last.stop_reason == "diverged":
+        raise TrainingError(
+            f"fine-tuning diverged at step {last.iteration} (the loss became NaN or infinite); "
+            "nothing was kept. Try a lower learning rate"
+        )
+    from napari_sdnet.training.checkpoint import non_finite_tensors
+
+    bad = non_finite_tensors(network.state_dict())
+    if bad:
+        raise TrainingError(
+            f"fine-tuning produced NaN or infinite weights (e.g. {bad[0]}); nothing was kept. "
+            "Try a lower learning rate"
+        )
+    after = _painted_dice(network, data)
+    if before >= FINETUNE_CHECK_FROM and after < before - FINETUNE_WORSE_BY:
+        raise TrainingError(
+            f"fine-tuning made the model worse on the painted slices themselves (myocardium "
+            f"Dice {before:.3f} -> {after:.3f}); nothing was kept. Try a lower learning rate "
+            "or check the painted labels"
+        )
     iterations = 0 if last is None else last.iteration
     elapsed = 0.0 if last is None else last.elapsed
     base = model.info
@@ -1030,16 +1228,71 @@ def finetune(
         "lr": float(lr),
         "lr_schedule": lr_schedule,
         "freeze": list(freeze),
+        "painted_dice_before": round(before, 4),
+        "painted_dice_after": round(after, 4),
     }
     training = dict(base.training)
     training["finetuned"] = [*base.training.get("finetuned", []), record]
     info = CheckpointInfo(
         model_config=base.model_config,
         preprocess=base.preprocess,
-        model_type="sdnet",
+        model_type=base.model_type,
         training=training,
         metrics={},
         has_discriminators=True,
     )
     network.eval()
     return Model(network=network, info=info, device=dev, source=f"finetuned({model.source})")
+
+
+# --------------------------------------------------------------------------------------------
+# cardiac function: volumes, ED/ES, EF, LV mass (napari_sdnet.cardiac, docs/cardiac_function.md)
+# --------------------------------------------------------------------------------------------
+from napari_sdnet.cardiac import (  # noqa: E402  (re-exported; the module is Qt- and torch-free)
+    CardiacFunction,
+    measure_ed_es,
+    measure_labels,
+    measure_segmentation,
+    segmented_structures,
+)
+
+
+def measure(
+    model: Model,
+    image: Any,
+    spacing: Sequence[float],
+    es_image: Any = None,
+    es_spacing: Sequence[float] | None = None,
+    *,
+    ed: int | None = None,
+    es: int | None = None,
+    time_unit: str | None = None,
+    batch_size: int = 16,
+    progress: ProgressCallback | None = None,
+) -> CardiacFunction:
+    """Segment a cine (or an ED and an ES volume) with ``model`` and measure cardiac function.
+
+    ``image`` is a 4D cine ``(t, z, y, x)`` (ED/ES from the LV volume curve, or ``ed``/``es``),
+    or, with ``es_image``, the 3D ED volume. ``spacing`` per axis in mm (``Geometry.spacing``).
+    Structures the model does not segment (today's models: the LV and RV cavities) are reported
+    as absent for that reason; see :func:`napari_sdnet.cardiac.measure_segmentation`.
+    """
+    images = [image] if es_image is None else [image, es_image]
+    spacings = [spacing] if es_image is None else [spacing, es_spacing or spacing]
+    for arr, what in zip(images, ("image", "ES image"), strict=False):
+        if np.ndim(arr) != (4 if es_image is None else 3):
+            want = "a 4D (t, z, y, x) cine" if es_image is None else "a 3D (z, y, x) volume"
+            raise InputError(f"{what} must be {want}; got shape {np.shape(arr)}")
+    totals = [int(np.prod(np.shape(a)[:-2])) for a in images]
+    segs = []
+    for k, (arr, sp) in enumerate(zip(images, spacings, strict=True)):
+        offset = sum(totals[:k])
+
+        def report(done: int, total: int | None, _o: int = offset) -> None:
+            if progress is not None:
+                progress(_o + done, sum(totals))
+
+        segs.append(segment(model, arr, sp, batch_size=batch_size, progress=report))
+    if es_image is None:
+        return measure_segmentation(segs[0], spacing, ed=ed, es=es, time_unit=time_unit)
+    return measure_segmentation(segs[0], spacings[0], segs[1], spacings[1])

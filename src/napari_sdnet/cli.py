@@ -138,13 +138,12 @@ def _progress_bar(desc: str, unit: str) -> Iterator[Callable[[int, int | None], 
 
 
 def _check_new_file(path: Path, overwrite: bool, what: str) -> None:
-    """Refuse an existing output (unless ``overwrite``) or a missing folder before any work."""
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; give a {what} file name")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: file exists; refusing to overwrite (pass --overwrite)")
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
+    """Refuse, before any work, an output that cannot be written: an existing file (unless
+    ``overwrite``), a missing or read-only folder, a full disk (see
+    :func:`napari_sdnet.io.files.check_destination`)."""
+    from napari_sdnet.io.files import check_destination
+
+    check_destination(path, overwrite=overwrite, what=what)
 
 
 def _check_nifti_output(path: Path, overwrite: bool) -> None:
@@ -163,7 +162,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_sdnet import api
-    from napari_sdnet.io.nifti import read_nifti, write_nifti
+    from napari_sdnet.io import read_image
+    from napari_sdnet.io.nifti import write_nifti
 
     outputs = [args.output] + ([args.reconstruction] if args.reconstruction else [])
     for out in outputs:
@@ -172,13 +172,35 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise InputError(f"{out}: would overwrite the input image")
     if args.reconstruction and _same_file(args.output, args.reconstruction):
         raise InputError("the mask and the reconstruction need different file names")
-    vol = read_nifti(args.input)
-    if vol.is_labels:
-        raise InputError(f"{args.input}: looks like a label map, not an image")
+    if args.dicom_seg is not None:
+        if not args.dicom_seg.name.lower().endswith(".dcm"):
+            raise InputError(f"{args.dicom_seg}: a DICOM SEG file name must end in .dcm")
+        _check_new_file(args.dicom_seg, args.overwrite, "DICOM SEG")
+        if any(_same_file(args.dicom_seg, out) for out in outputs):
+            raise InputError(f"{args.dicom_seg}: the DICOM SEG needs its own file name")
+    vol = read_image(args.input)
+    if vol.is_labels and not args.as_image:
+        raise InputError(
+            f"{args.input}: looks like a label map, not an image (integers with few values); "
+            "if it is an image, pass --as-image"
+        )
+    image = vol.data.astype(np.float32) if vol.is_labels else vol.data
+    dicom = getattr(vol, "dicom", None)
+    if args.dicom_seg is not None and dicom is None:
+        raise InputError(
+            f"{args.input}: --dicom-seg needs a DICOM series as input (a folder or .dcm file); "
+            "a DICOM SEG must reference its source images"
+        )
     model = api.load_model(args.model, args.device)
     with _progress_bar("segmenting", "slice") as progress:
         seg = api.segment(
-            model, vol.data, vol.geometry.spacing, batch_size=args.batch_size, progress=progress
+            model,
+            image,
+            vol.geometry.spacing,
+            batch_size=args.batch_size,
+            progress=progress,
+            precision=args.precision,
+            latents=args.reconstruction is not None,  # Z only feeds the reconstruction here
         )
     labels = seg.mask if args.binary else api.to_acdc_labels(seg.mask)
     write_nifti(args.output, labels, vol.geometry, dtype=np.uint8, overwrite=args.overwrite)
@@ -198,24 +220,41 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
         print(f"wrote {args.reconstruction} (reconstruction, in the input's intensity units)")
+    if args.dicom_seg is not None and not seg.mask.any():
+        print(
+            f"napari-sdnet predict: warning: no myocardium found; {args.dicom_seg} not written "
+            "(a DICOM SEG needs at least one segment)",
+            file=sys.stderr,
+        )
+    elif args.dicom_seg is not None:
+        from napari_sdnet.io.seg import write_dicom_seg
+
+        write_dicom_seg(
+            args.dicom_seg, api.to_acdc_labels(seg.mask), dicom, overwrite=args.overwrite
+        )
+        print(
+            f"wrote {args.dicom_seg} (DICOM SEG: segment 'Myocardium', SCT 49848007, "
+            f"referencing {dicom.label()})"
+        )
     return 0
 
 
 def _write_json(path: Path, data: dict, overwrite: bool) -> None:
+    """Write ``data`` as JSON atomically; if the destination fails at the last moment, the
+    file is rescued (:class:`~napari_sdnet.errors.RescuedWrite` names where)."""
     import json
-    import os
-    import tempfile
 
-    _check_new_file(path, overwrite, "JSON")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from napari_sdnet.io.files import write_or_rescue
+
+    text = json.dumps(data, indent=1) + "\n"
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "x", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    write_or_rescue(path, write, overwrite=overwrite)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -316,18 +355,16 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     with tqdm(
         total=total, desc="fine-tuning", unit=unit, file=sys.stderr, disable=None, leave=False
     ) as bar:
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                new = stop.value
-                break
+
+        def show(p) -> None:
             done = p.iteration if steps is not None else min(p.elapsed, seconds or p.elapsed)
             bar.update(done - bar.n)
             if p.losses:
                 bar.set_postfix_str(
                     " ".join(f"{k}={v:.3f}" for k, v in p.losses.items() if k.endswith("loss"))
                 )
+
+        new = _drive(gen, show)
     new.save(args.output, overwrite=args.overwrite)
     record = new.info.training["finetuned"][-1]
     print(
@@ -362,6 +399,115 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from napari_sdnet import api, cardiac
+    from napari_sdnet.io.nifti import read_nifti
+
+    if len(args.inputs) not in (1, 2):
+        raise InputError("give one 4D cine, or an ED and an ES volume (in that order)")
+    outputs = [p for p in (args.json, args.csv) if p is not None]
+    for out in outputs:
+        _check_new_file(out, args.overwrite, out.suffix.lstrip(".").upper() or "output")
+        if any(p.exists() and _same_file(out, p) for p in args.inputs):
+            raise InputError(f"{out}: would overwrite an input")
+    if args.json is not None and args.csv is not None and _same_file(args.json, args.csv):
+        raise InputError("--json and --csv need different file names")
+    two = len(args.inputs) == 2
+    if two and (args.ed is not None or args.es is not None):
+        raise InputError("--ed/--es choose frames of a 4D cine; with two volumes they are given")
+    if args.convention != "acdc" and not args.labels:
+        raise InputError("--convention applies to --labels (the model writes ACDC labels)")
+    vols = [read_nifti(p) for p in args.inputs]
+    for path, vol in zip(args.inputs, vols, strict=True):
+        if args.labels and not vol.is_labels:
+            raise InputError(
+                f"{path}: does not look like a label map (not integers, or more than 32 "
+                "values); drop --labels to segment an image"
+            )
+        if not args.labels and vol.is_labels:
+            raise InputError(f"{path}: looks like a label map; pass --labels to measure it")
+        if vol.data.ndim != (3 if two else 4):
+            what = "an ED and an ES volume must be 3D each" if two else "give a 4D cine, or an ED "
+            what += "" if two else "and an ES volume"
+            raise InputError(f"{path}: is {vol.data.ndim}D {vol.data.shape}; {what}")
+    spacing = [v.geometry.spacing for v in vols]
+    time_unit = vols[0].geometry.time_unit
+    extra: dict = {"inputs": [str(p) for p in args.inputs]}
+    if args.labels:
+        extra["labels_from"] = "label files"
+        if two:
+            result = cardiac.measure_ed_es(
+                vols[0].data, vols[1].data, spacing[0], spacing[1], convention=args.convention
+            )
+        else:
+            result = cardiac.measure_labels(
+                vols[0].data, spacing[0], ed=args.ed, es=args.es, convention=args.convention,
+                time_unit=time_unit,
+            )
+    else:
+        model = api.load_model(args.model, args.device)
+        extra["labels_from"] = f"model {model.source} ({model.model_type}, {model.config.name})"
+        with _progress_bar("segmenting", "slice") as progress:
+            result = api.measure(
+                model, vols[0].data, spacing[0], vols[1].data if two else None,
+                spacing[1] if two else None, ed=args.ed, es=args.es, time_unit=time_unit,
+                batch_size=args.batch_size, progress=progress,
+            )
+    shape = " and ".join(str(v.data.shape) for v in vols)
+    kind = "ED and ES volumes" if two else f"4D cine, {vols[0].data.shape[0]} frames"
+    print(f"cardiac function of {', '.join(p.name for p in args.inputs)} ({kind}, {shape})")
+    print(f"labels: {extra['labels_from']}; {cardiac.CONVENTION_TEXT[result.convention]}; "
+          f"voxel {result.voxel_ml[0] * 1000:.3f} mm^3; no basal-slice rule (every voxel counts)")
+    print(result.format_table())
+    for note in result.notes:
+        print(f"note: {note}")
+    for text in result.warnings:
+        print(f"napari-sdnet measure: warning: {text}", file=sys.stderr)
+    if args.json is not None:
+        cardiac.write_json(result, args.json, overwrite=args.overwrite, extra=extra)
+        print(f"wrote {args.json}")
+    if args.csv is not None:
+        cardiac.write_csv(result, args.csv, overwrite=args.overwrite)
+        print(f"wrote {args.csv} (per-frame volumes)")
+    return 0
+
+
+def _add_measure_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "measure",
+        help="cardiac function: LV/RV volumes, EF, LV mass from a cine (or ED + ES volumes), "
+        "segmented by the model or from label maps (--labels)",
+        description="Volumes = voxel count x voxel volume; ED/ES = frames of largest/smallest LV "
+        "cavity volume (override with --ed/--es); EF = (EDV - ESV) / EDV; LV mass = myocardium "
+        "at ED x 1.05 g/ml. See docs/cardiac_function.md.",
+    )
+    p.add_argument(
+        "inputs", nargs="+", type=Path, metavar="NIFTI",
+        help="one 4D cine, or an ED and an ES volume in that order (images, or label maps "
+        "with --labels)",
+    )
+    p.add_argument(
+        "--labels", action="store_true",
+        help="the inputs are label maps (expert or corrected), measured as they are",
+    )
+    p.add_argument(
+        "--convention", choices=("acdc", "mnms", "binary"), default="acdc",
+        help="--labels: label values: acdc (1 RV, 2 myocardium, 3 LV; default), mnms (1 LV, "
+        "2 myocardium, 3 RV) or binary (1 myocardium)",
+    )
+    p.add_argument("--ed", type=int, default=None, help="cine: ED frame (0-based; default auto)")
+    p.add_argument("--es", type=int, default=None, help="cine: ES frame (0-based; default auto)")
+    p.add_argument(
+        "--model", default="bundled", help="'bundled' (default) or a .safetensors model file"
+    )
+    p.add_argument("--device", default="auto", help="auto|cuda|mps|cpu or cuda:N (default auto)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    p.add_argument("--json", type=Path, default=None, help="write the indices to this JSON file")
+    p.add_argument("--csv", type=Path, default=None, help="write the per-frame volumes as CSV")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _COMMANDS["measure"] = _with_one_line_warnings("measure", _cmd_measure)
+
+
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     """The model sub-commands: predict, evaluate, finetune, info."""
     devices = ("auto", "cuda", "mps", "cpu")
@@ -379,19 +525,46 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "predict",
-        help="segment the myocardium in a 2D/3D/4D NIfTI image (mask with the input's geometry)",
+        help="segment the myocardium in a 2D/3D/4D NIfTI image or a DICOM cine series (mask "
+        "with the input's geometry)",
     )
-    p.add_argument("input", type=Path, help="image (.nii or .nii.gz), 2D, 3D or 4D cine")
+    p.add_argument(
+        "input",
+        type=Path,
+        help="image (.nii or .nii.gz, 2D, 3D or 4D cine) or a DICOM series (folder or .dcm file)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="mask file (.nii.gz)")
     model_options(p)
     p.add_argument(
         "--binary", action="store_true", help="myocardium = 1 (default 2, the ACDC convention)"
     )
     p.add_argument(
+        "--as-image",
+        action="store_true",
+        help="segment the input even if it looks like a label map (e.g. a uint8 image with "
+        "few grey levels)",
+    )
+    p.add_argument(
         "--reconstruction",
         type=Path,
         default=None,
         help="also write the SDNet reconstruction (float32, the input's intensity units)",
+    )
+    p.add_argument(
+        "--dicom-seg",
+        type=Path,
+        default=None,
+        metavar="OUT.dcm",
+        help="DICOM input: also write the mask as a DICOM Segmentation referencing the series",
+    )
+    from napari_sdnet.device import PRECISION_CHOICES
+
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="auto",
+        help="inference precision (default auto: bf16 on CPUs with native bf16, fp16 on CUDA, "
+        "else fp32; masks agree with fp32 at Dice >= 0.995)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _COMMANDS["predict"] = _with_one_line_warnings("predict", _cmd_predict)
@@ -404,7 +577,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         "--data",
         type=Path,
         required=True,
-        help="ACDC H5 split folder, ACDC NIfTI patient folder(s) or a cine NIfTI with <name>_gt",
+        help="ACDC H5 split folder, ACDC NIfTI patient folder(s), a cine NIfTI with <name>_gt, "
+        "or a DICOM series folder holding a DICOM SEG of its contours",
     )
     p.add_argument(
         "--split", default="test", choices=("train", "val", "test"), help="H5 split (default test)"
@@ -496,13 +670,26 @@ def _labelled_count(text: str) -> int | None:
     return value
 
 
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_sdnet.training.recipe import train_model
     from napari_sdnet.training.trainer import describe_losses
 
-    _check_new_file(args.output, args.overwrite, "model")
+    if not args.resume:
+        _check_new_file(args.output, args.overwrite, "model")
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"--threads must be >= 1, got {args.threads}")
@@ -521,8 +708,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for text in desc.get("warnings", []):
             print(f"napari-sdnet train: warning: {text}", file=sys.stderr)
 
-    gen = train_model(
-        args.data,
+    kwargs = dict(
+        data_dir=args.data,
         preset=args.preset,
         model_type=args.model_type,
         labelled=args.labelled,
@@ -552,51 +739,48 @@ def _cmd_train(args: argparse.Namespace) -> int:
         reinit=tuple(args.reinit),
         rampup=args.rampup,
         lr_schedule=args.lr_schedule,
+        structures=choices.STRUCTURE_SETS[args.structures],
+        scanner_augment=args.scanner_augment,
         on_data=on_data,
+        resume=args.resume,
+        checkpoint_seconds=args.checkpoint_minutes * 60 if args.checkpoint_minutes else None,
     )
+
+    def show(progress) -> None:
+        nonlocal last_val
+        if progress.done:
+            return
+        if progress.max_iterations and bar.total != progress.max_iterations:
+            bar.total = progress.max_iterations
+        bar.update(progress.iteration - bar.n)
+        if progress.val_dice is not None:
+            last_val = progress.val_dice
+            recon = (
+                f", reconstruction L1 {progress.val_recon_l1:.4f}"
+                if progress.val_recon_l1 is not None
+                else ""
+            )
+            each = progress.val_dice_structures or {}
+            parts = " (" + ", ".join(f"{k} {v:.3f}" for k, v in each.items()) + ")" if each else ""
+            bar.write(
+                f"iteration {progress.iteration} (epoch {progress.epoch}): val Dice "
+                f"{progress.val_dice:.4f}{parts}{recon}; kept: iteration "
+                f"{progress.best_iteration} (Dice {progress.best_val_dice:.4f})",
+                file=sys.stderr,
+            )
+        postfix = describe_losses(progress.losses)
+        if last_val is not None:
+            postfix += f" val={last_val:.3f}"
+        bar.set_postfix_str(postfix, refresh=False)
+
     bar = tqdm(desc="train", unit="it", file=sys.stderr, disable=None, leave=False)
     last_val = None
-    result = None
-    try:
+    with _stop_on_signals() as stop:
+        gen = train_model(**kwargs, stop=stop)
         try:
-            while True:
-                try:
-                    progress = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                if progress.done:
-                    continue
-                if progress.max_iterations and bar.total != progress.max_iterations:
-                    bar.total = progress.max_iterations
-                bar.update(progress.iteration - bar.n)
-                if progress.val_dice is not None:
-                    last_val = progress.val_dice
-                    recon = (
-                        f", reconstruction L1 {progress.val_recon_l1:.4f}"
-                        if progress.val_recon_l1 is not None
-                        else ""
-                    )
-                    bar.write(
-                        f"iteration {progress.iteration} (epoch {progress.epoch}): val Dice "
-                        f"{progress.val_dice:.4f}{recon}; kept: iteration "
-                        f"{progress.best_iteration} (Dice {progress.best_val_dice:.4f})",
-                        file=sys.stderr,
-                    )
-                postfix = describe_losses(progress.losses)
-                if last_val is not None:
-                    postfix += f" val={last_val:.3f}"
-                bar.set_postfix_str(postfix, refresh=False)
-        except KeyboardInterrupt:
-            # Stop training, but still write the best weights so far.
-            try:
-                gen.throw(KeyboardInterrupt)
-            except StopIteration as stop:
-                result = stop.value
-    finally:
-        bar.close()
-    if result is None:  # pragma: no cover - train_model always returns a result
-        raise KeyboardInterrupt
+            result = _drive(gen, show)
+        finally:
+            bar.close()
     metrics = result.info.metrics
     iters = result.info.training.get("iterations")
     secs = result.info.training.get("seconds")
@@ -612,7 +796,73 @@ def _cmd_train(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(f"wrote {result.path}")
-    return 130 if result.stop_reason == "interrupted" else 0
+    if result.state_path is not None:
+        print(
+            f"saved the training state to {result.state_path}: continue with the same command "
+            "and --resume",
+            file=sys.stderr,
+        )
+    return _STOP_STATUS.get(result.stop_reason, 0)
+
+
+def _drive(gen, on_progress):
+    """Run a training generator to its return value, calling ``on_progress`` on each report.
+
+    Ctrl-C (or SIGTERM while :func:`_stop_on_signals` is not watching) is thrown into the
+    generator, which stops, saves what it has and returns (train_model does)."""
+    try:
+        while True:
+            try:
+                progress = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            on_progress(progress)
+    except KeyboardInterrupt:
+        try:
+            gen.throw(KeyboardInterrupt)
+        except StopIteration as stop:
+            return stop.value
+        raise
+
+
+#: Exit status of a training stopped by a signal: 128 + the signal's number, as shells do.
+_STOP_STATUS = {"interrupted": 130, "terminated": 143}
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[Callable[[], str | None]]:
+    """While active, SIGTERM (cluster time limit, ``timeout``, ``docker stop``) and a first
+    Ctrl-C ask the work to stop at the next step (``stop()`` returns the reason) instead of
+    killing it; a second Ctrl-C interrupts at once. Handlers are restored afterwards."""
+    import signal
+
+    reason: list[str] = []
+
+    def on_term(signum, frame) -> None:
+        reason.append("terminated")
+
+    def on_int(signum, frame) -> None:
+        if reason:
+            raise KeyboardInterrupt
+        reason.append("interrupted")
+        print(
+            "\nnapari-sdnet: stopping after this step (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+        )
+
+    try:
+        previous = {
+            signal.SIGTERM: signal.signal(signal.SIGTERM, on_term),
+            signal.SIGINT: signal.signal(signal.SIGINT, on_int),
+        }
+    except ValueError:  # not the main thread: signals stay as they are
+        yield lambda: None
+        return
+    try:
+        yield lambda: reason[0] if reason else None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _add_train_command(sub: argparse._SubParsersAction) -> None:
@@ -637,6 +887,13 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         choices=choices.PRESET_NAMES,
         default="paper",
         help="network size (default paper: 224 px at 1.37 mm)",
+    )
+    p.add_argument(
+        "--structures",
+        choices=tuple(choices.STRUCTURE_SETS),
+        default="myocardium",
+        help="what the model segments: the myocardium (default, the paper's binary mask M) or "
+        "all three ACDC structures (RV cavity, myocardium, LV cavity: a 3-channel M)",
     )
     p.add_argument(
         "--model-type",
@@ -697,6 +954,12 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         help="labelled subset, shuffling, augmentation, initialisation (default 0)",
     )
     p.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    p.add_argument(
+        "--scanner-augment",
+        action="store_true",
+        help="add scanner/protocol-shift MR augmentation (bias field, random intensity curves, "
+        "gamma, blur, sharpening, lower resolution, noise; MONAI) for other vendors",
+    )
     p.add_argument(
         "--init",
         type=Path,
@@ -801,7 +1064,79 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="model file (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the stopped training saved beside -o (OUTPUT.resume.safetensors); "
+        "give the same options (the budgets may be raised)",
+    )
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=_positive_float,
+        default=5.0,
+        metavar="MIN",
+        help="save the resumable training state every MIN minutes (default 5; also saved on "
+        "Ctrl-C and SIGTERM)",
+    )
     _COMMANDS["train"] = _with_one_line_warnings("train", _cmd_train)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_sdnet.batch import run_batch
+
+    if args.scheduler is not None and args.workers is not None:
+        raise InputError("--workers is for local runs; with --scheduler the cluster's workers run")
+
+    def report(row: dict) -> None:
+        if row.get("status") == "error":
+            error = row.get("error") or ""
+            text = error if error.startswith(row["file"]) else f"{row['file']}: {error}"
+            tqdm.write(f"napari-sdnet batch: failed: {text}", file=sys.stderr)
+
+    with _progress_bar("batch", "study") as progress:
+        summary = run_batch(
+            args.inputs, args.output, model=args.model, device=args.device,
+            workers=args.workers or 1, threads=args.threads, scheduler=args.scheduler,
+            binary=args.binary, overwrite=args.overwrite, progress=progress, on_row=report,
+        )
+    print(f"batch: {summary.text()}")
+    print(f"wrote {summary.csv_path} ({summary.total} rows); masks in {summary.outdir}")
+    return 1 if summary.failed else 0
+
+
+def _add_batch_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="segment and measure a cohort: one mask per input and measurements.csv; resumable, "
+        "local worker processes or a Dask cluster (--scheduler)",
+        description="Inputs: NIfTI files, DICOM series folders, folders and glob patterns of them. "
+        "Writes OUTDIR/<stem>_seg.nii.gz per input and OUTDIR/measurements.csv (one row per "
+        "input: status, error, volumes, ED/ES, EF, LV mass). A rerun skips finished inputs and "
+        "retries failed ones. Exit status 1 when some input failed. See docs/batch.md.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI file, DICOM folder, folder "
+                   "or quoted glob pattern ('cohort/*/sa.nii.gz', '**' spans folders)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR",
+                   help="output folder (created if needed)")
+    p.add_argument("--model", default="bundled",
+                   help="'bundled' (default) or a .safetensors model file (on a cluster: a path "
+                   "the workers can read)")
+    p.add_argument("--device", default="auto", help="auto|cuda|mps|cpu or cuda:N, per worker")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local worker processes, each loading the model once (default 1: this "
+                   "process)")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="torch threads per worker (default: the cores shared among the workers)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask cluster: scheduler address (tcp://host:8786) or "
+                   "scheduler file (.json); needs napari-sdnet[cluster]")
+    p.add_argument("--binary", action="store_true",
+                   help="myocardium = 1 in the masks (default 2, the ACDC convention)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo every input and replace existing masks")
+    _COMMANDS["batch"] = _with_one_line_warnings("batch", _cmd_batch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -863,24 +1198,45 @@ def build_parser() -> argparse.ArgumentParser:
     _COMMANDS["phantom"] = _cmd_phantom
     _add_model_commands(sub)
     _add_train_command(sub)
+    _add_measure_command(sub)
+    _add_batch_command(sub)
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` runs (temporary files go)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (e.g. called from a worker): leave signals alone
+        previous = None
     try:
         return int(_COMMANDS[args.command](args) or 0)
     except SDNetError as exc:
         print(f"napari-sdnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"napari-sdnet {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(f"napari-sdnet {args.command}: {what}; nothing more was written", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:
         # The reader of our output went away (e.g. `napari-sdnet info M | head`): not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
