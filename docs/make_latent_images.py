@@ -42,6 +42,7 @@ def main() -> None:
     viewer.dims.set_current_step(0, 0)
     viewer.dims.set_current_step(1, 3)
     _, mixer = viewer.window.add_plugin_dock_widget("napari-sdnet", "SDNet latent mixer")
+    mixer.show_layer.setChecked(True)  # the preview also as a layer (it is drawn in the dock)
     # side by side (napari's grid mode): the input, its reconstruction g(M_3, Z_3) and the
     # preview g(M_8, Z_3)
     recon = viewer.layers[f"{image.name} reconstruction"]

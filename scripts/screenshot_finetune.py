@@ -8,8 +8,9 @@ Needs a display; headless::
 Segments the bundled sample study with the segmentation widget, then "corrects" two of its
 contoured slices by painting the expert myocardium into the mask layer (through the layer's
 paint API, so the fine-tuning widget sees paint events as it does for a brush), fine-tunes
-for ``--steps`` steps and writes ``finetune_widget.png`` (widget with the edited-slice list and
-the loss plot) into ``--out``.
+for ``--steps`` steps and writes ``finetune_widget.png`` into ``--out``: the 1600 x 1000 window
+with the fine-tuning tab in front (the corrected-slice list, the readable loss plot, the status
+line; the viewer marks the corrected slice shown).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main(argv: list[str]) -> int:
     from napari_sdnet.sample import sunnybrook_study
 
     args.out.mkdir(parents=True, exist_ok=True)
-    viewer, image, contours, seg = open_segmented_sample(args.model, (1500, 980))
+    viewer, image, contours, seg = open_segmented_sample(args.model, (1600, 1000))
     mask = seg.mask_layer_for(image)
     _, widget = viewer.window.add_plugin_dock_widget("napari-sdnet", "SDNet fine-tuning")
     widget.device_combo.setCurrentText("cpu")
@@ -66,8 +67,9 @@ def main(argv: list[str]) -> int:
     if widget.last_error is not None:
         print(f"error: {widget.last_error}", file=sys.stderr)
         return 1
-    viewer.window.remove_dock_widget(seg.parent())  # room for the fine-tuning widget
+    widget._dock().raise_()  # the fine-tuning tab in front (the docks are tabs of one dock)
     viewer.layers.selection.active = mask
+    viewer.window.resize(1600, 1000)
     for _ in range(20):
         QApplication.processEvents()
     path = args.out / "finetune_widget.png"

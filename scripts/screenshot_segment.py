@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     from qtpy.QtWidgets import QApplication
 
     args.out.mkdir(parents=True, exist_ok=True)
-    viewer, image, contours, widget = open_segmented_sample(args.model, (1400, 860))
+    viewer, image, contours, widget = open_segmented_sample(args.model, (1600, 1000))
     contours.visible = False
     mask = widget.mask_layer_for(image)
     viewer.layers.selection.active = mask
@@ -68,6 +68,7 @@ def main(argv: list[str]) -> int:
         viewer.screenshot(path=str(path), canvas_only=False)
         print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
 
+    viewer.window.resize(1600, 1000)
     shot("segment_widget.png")
 
     # correcting: paint mode on the mask, label 2, zoomed on the heart

@@ -141,21 +141,6 @@ def small_mount(tmp_path):
 
 
 @pytest.fixture
-def messages(monkeypatch) -> list[tuple[str, str]]:
-    """Notifications shown by the widgets, as ``(severity, message)``."""
-    import napari.utils.notifications as notifications
-
-    shown: list[tuple[str, str]] = []
-    for severity in ("error", "warning", "info"):
-        monkeypatch.setattr(
-            notifications,
-            f"show_{severity}",
-            lambda message, _s=severity: shown.append((_s, str(message))),
-        )
-    return shown
-
-
-@pytest.fixture
 def modules_loaded_by() -> Callable[[str], set[str]]:
     """``modules_loaded_by("import x; ...")``: the names in ``sys.modules`` after running that
     code in a fresh interpreter (what an import or a command really pulls in)."""

@@ -13,15 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 from napari.layers import Labels
-from napari.qt.threading import create_worker
 from qtpy.QtCore import QEventLoop, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -30,16 +26,21 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_sdnet import cardiac
-from napari_sdnet._napari._common import MessagesMixin, confirm_overwrite
-from napari_sdnet._napari._state import get_state, unwrap
+from napari_sdnet._napari._dock import (
+    PLUGIN,
+    DockWidget,
+    PlotCanvas,
+    ask_save_file,
+    default_folder,
+    file_safe,
+)
+from napari_sdnet._napari._state import unwrap
 from napari_sdnet.errors import SDNetError
 
-PLUGIN = "napari-sdnet"
 WIDGET_NAME = "Cardiac function"
 NO_ES = "(none: a cine, or one phase)"
 EDIT_DELAY_MS = 500  # measure again this long after the last edit
@@ -47,9 +48,7 @@ EDIT_DELAY_MS = 500  # measure again this long after the last edit
 
 def ask_save_path(parent: QWidget | None, suggested: str, kind: str) -> str | None:
     """Ask where to save the CSV / JSON; None when cancelled."""
-    filters = f"{kind} (*.{kind.lower()})"
-    path, _ = QFileDialog.getSaveFileName(parent, f"Export {kind}", suggested, filters)
-    return path or None
+    return ask_save_file(parent, f"Export {kind}", suggested, f"{kind} (*.{kind.lower()})")
 
 
 def _spacing_of(layer: Labels) -> tuple[tuple[float, ...], str | None, bool]:
@@ -70,36 +69,28 @@ def _spacing_of(layer: Labels) -> tuple[tuple[float, ...], str | None, bool]:
 
 
 def _measure(job: dict) -> Any:
-    """Worker body; exceptions are returned, not raised (shown on the UI thread)."""
-    try:
-        if job["es_data"] is not None:
-            return cardiac.measure_ed_es(
-                job["data"], job["es_data"], job["spacing"][-3:], job["es_spacing"][-3:],
-                convention=job["convention"], structures=job["structures"], source=job["source"],
-            )
-        return cardiac.measure_labels(
-            job["data"], job["spacing"], ed=job["ed"], es=job["es"], convention=job["convention"],
-            structures=job["structures"], source=job["source"], time_unit=job["time_unit"],
+    """Worker body (the job runner hands its exceptions to the UI thread)."""
+    if job["es_data"] is not None:
+        return cardiac.measure_ed_es(
+            job["data"], job["es_data"], job["spacing"][-3:], job["es_spacing"][-3:],
+            convention=job["convention"], structures=job["structures"], source=job["source"],
         )
-    except Exception as exc:
-        return exc
+    return cardiac.measure_labels(
+        job["data"], job["spacing"], ed=job["ed"], es=job["es"], convention=job["convention"],
+        structures=job["structures"], source=job["source"], time_unit=job["time_unit"],
+    )
 
 
-class FunctionWidget(MessagesMixin, QWidget):
+class FunctionWidget(DockWidget):
     """Pick a labels layer; get EDV/ESV/SV/EF, LV mass and the volume-time curve; export."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = unwrap(napari_viewer)
-        self.state = get_state(self.viewer)
+        super().__init__(napari_viewer, parent)
         self.result: cardiac.CardiacFunction | None = None
-        self.last_error: BaseException | None = None
-        self.worker = None
         self._pending = False
         self._choices: list[Labels] = []
         self._watched: list[Labels] = []
         self.ask_save_path = ask_save_path
-        self.confirm_overwrite = confirm_overwrite
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(EDIT_DELAY_MS)
@@ -112,8 +103,10 @@ class FunctionWidget(MessagesMixin, QWidget):
         self._refresh_layers()
 
     # -- layout --------------------------------------------------------------------------------
+    JOB_NAME = "measurement"
+
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = self.body
         form = QFormLayout()
         layout.addLayout(form)
         self.layer_combo = QComboBox()
@@ -145,16 +138,18 @@ class FunctionWidget(MessagesMixin, QWidget):
             spin.valueChanged.connect(lambda *_: self._timer.start())
         buttons = QHBoxLayout()
         self.measure_button = QPushButton("Measure")
+        self.measure_button.setToolTip("measure volumes, EF and LV mass of the chosen labels")
+        self.convention_combo.setToolTip("which label values mean which structure")
         self.measure_button.clicked.connect(lambda: self.measure())
         self.auto_check = QCheckBox("after edits")
         self.auto_check.setChecked(True)
         self.auto_check.setToolTip("measure again after painting on the labels")
+        for spin in (self.ed_spin, self.es_spin):
+            spin.setToolTip(spin.toolTip() + " (or choose the frame)")
         buttons.addWidget(self.measure_button)
         buttons.addWidget(self.auto_check)
         layout.addLayout(buttons)
-        self.status = QLabel("pick a labels layer")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
+        layout.addWidget(self.status_label("pick a labels layer"))
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["index", "value"])
         self.table.verticalHeader().setVisible(False)
@@ -162,19 +157,23 @@ class FunctionWidget(MessagesMixin, QWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         header.sectionResized.connect(lambda *_: self.table.resizeRowsToContents())  # wrap text
         self.table.setMinimumHeight(290)
+        self.table.setToolTip("the cardiac indices of the labels (hover a value for all of it)")
         layout.addWidget(self.table)
-        self.figure = Figure(figsize=(3.6, 2.4))
+        self.canvas = PlotCanvas((3.6, 2.4), 220, 0)
+        self.canvas.setToolTip("LV (and RV) volume over the cardiac cycle, ED and ES marked")
+        self.figure = self.canvas.figure_
         self.figure.set_layout_engine("tight")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
         layout.addWidget(self.canvas)
         self.messages_label = QLabel("")
         self.messages_label.setWordWrap(True)
+        self.messages_label.setToolTip("notes and warnings about the measurement")
         layout.addWidget(self.messages_label)
         row = QHBoxLayout()
         self.csv_button = QPushButton("Export CSV...")
+        self.csv_button.setToolTip("the volume of each frame as CSV")
         self.csv_button.clicked.connect(lambda: self.export("CSV"))
         self.json_button = QPushButton("Export JSON...")
+        self.json_button.setToolTip("every result, with its conventions, as JSON")
         self.json_button.clicked.connect(lambda: self.export("JSON"))
         row.addWidget(self.csv_button)
         row.addWidget(self.json_button)
@@ -289,11 +288,14 @@ class FunctionWidget(MessagesMixin, QWidget):
             "structures": structures, "source": source,
         }
         self.status.setText(f"measuring {layer.name!r} ...")
-        self.worker = create_worker(_measure, job, _start_thread=False)
-        self.worker.returned.connect(lambda out, name=layer.name: self._on_returned(out, name))
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
-        return self.worker
+        name = layer.name
+        return self.jobs.start(
+            _measure,
+            job,
+            on_done=lambda out, error: self._on_returned(error or out, name),
+            on_finish=self._on_finished,
+            exclusive=False,
+        )
 
     def wait(self, timeout_ms: int = 60_000) -> None:
         """Run the Qt event loop until no measurement is running or due (tests, scripts)."""
@@ -307,7 +309,6 @@ class FunctionWidget(MessagesMixin, QWidget):
         timer.stop()
 
     def _on_finished(self) -> None:
-        self.worker = None
         if self._pending:
             self._pending = False
             self.measure()
@@ -354,20 +355,18 @@ class FunctionWidget(MessagesMixin, QWidget):
             return None
         layer = self.chosen_layer()
         suffix = "." + kind.lower()
-        if path is None:
-            base = (layer.name if layer is not None else "labels").replace(" ", "_")
-            path = self.ask_save_path(self, f"{base}_function{suffix}", kind)
-            if not path:
-                return None
-        target = Path(path)
-        if target.suffix.lower() != suffix:
-            target = target.with_name(target.name + suffix)
-        if target.exists():
-            if overwrite is None:
-                overwrite = self.confirm_overwrite(self, target)
-            if not overwrite:
-                self.status.setText(f"not exported: {target.name} exists")
-                return None
+        base = file_safe(layer.name if layer is not None else "labels")
+        found = self.save_target(
+            path,
+            lambda parent, suggested: self.ask_save_path(parent, suggested, kind),
+            default_folder(layer) / f"{base}_function{suffix}",
+            suffix,
+            overwrite,
+            "exported",
+        )
+        if found is None:
+            return None
+        target, overwrite = found
         try:
             if kind == "CSV":
                 cardiac.write_csv(self.result, target, overwrite=bool(overwrite))
@@ -377,9 +376,7 @@ class FunctionWidget(MessagesMixin, QWidget):
         except SDNetError as exc:
             self._error(str(exc))
             return None
-        self.status.setText(f"exported {target}")
-        self._info(f"wrote {target}")
-        return target
+        return self.wrote(target, f"exported {target}")
 
 
 def measure_selected_layer(viewer: Any) -> None:

@@ -167,6 +167,9 @@ def _layer_data(volume: NiftiVolume) -> LayerData:
         },
     }
     if volume.is_labels:
+        from napari_sdnet._napari._layers import structure_style
+
+        kwargs.update(structure_style("expert"))
         return (volume.data, kwargs, "labels")
     kwargs["colormap"] = "gray"
     kwargs["contrast_limits"] = robust_contrast_limits(volume.data)

@@ -30,7 +30,8 @@ def phantom_sample() -> list[LayerData]:
 
     For trying the plugin out and for tests; it proves nothing about real segmentation quality.
     """
-    from napari_sdnet._napari._reader import robust_contrast_limits
+    from napari_sdnet._napari._layers import structure_style
+    from napari_sdnet._napari._reader import _AXIS_LABELS, _axis_units, robust_contrast_limits
     from napari_sdnet.io.nifti import Geometry
     from napari_sdnet.phantom import make_cine_phantom
 
@@ -42,7 +43,12 @@ def phantom_sample() -> list[LayerData]:
         time_unit="msec",
     )
     meta = {"sdnet_geometry": geometry.to_metadata(), "source_path": None}
-    common = {"scale": list(phantom.spacing), "metadata": meta}
+    common = {
+        "scale": list(phantom.spacing),
+        "metadata": meta,
+        "axis_labels": _AXIS_LABELS[phantom.image.ndim],
+        "units": _axis_units(phantom.image.ndim, "msec"),
+    }
     return [
         (
             phantom.image,
@@ -54,5 +60,9 @@ def phantom_sample() -> list[LayerData]:
             },
             "image",
         ),
-        (phantom.labels, {**common, "name": "phantom labels", "opacity": 0.5}, "labels"),
+        (
+            phantom.labels,
+            {**common, "name": "phantom labels", "opacity": 0.5, **structure_style("expert")},
+            "labels",
+        ),
     ]

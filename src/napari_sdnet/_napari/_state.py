@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MadeLayer",
+    "ModelEntry",
     "SDNetState",
     "SegmentationRecord",
     "data_digests",
@@ -86,17 +87,23 @@ class MadeLayer:
         kind: ``"mask"`` or ``"reconstruction"``.
         name: the name it was given (the user may rename it; :attr:`layer` still finds it).
         digests: :func:`data_digests` of its data after the plugin's last write.
+        baseline: for a mask, a copy of what the plugin wrote (the model's labels): the slices
+            that differ from it are the user's corrections (:mod:`napari_sdnet.edits`).
     """
 
     layer_ref: weakref.ref
     kind: str
     name: str
     digests: tuple[str, ...]
+    baseline: np.ndarray | None = None
 
     @classmethod
     def track(cls, layer: Layer, kind: str) -> MadeLayer:
         layer = unwrap(layer)
-        return cls(weakref.ref(layer), kind, layer.name, data_digests(layer.data))
+        made = cls(weakref.ref(layer), kind, layer.name, data_digests(layer.data))
+        if kind == "mask":
+            made.baseline = np.array(layer.data, copy=True)
+        return made
 
     @property
     def layer(self) -> Layer | None:
@@ -115,11 +122,24 @@ class MadeLayer:
             return now == self.digests
         return 0 <= frame < len(now) and now[frame] == self.digests[frame]
 
-    def mark_written(self) -> None:
-        """Record the layer's current data as the plugin's (after the plugin wrote it)."""
+    def mark_written(self, frame: int | None = None) -> None:
+        """Record the layer's current data (of ``frame`` only, for the baseline) as the
+        plugin's, after the plugin wrote it."""
         layer = self.layer
-        if layer is not None:
-            self.digests = data_digests(layer.data)
+        if layer is None:
+            return
+        self.digests = data_digests(layer.data)
+        if self.kind == "mask":
+            if frame is None or self.baseline is None or self.baseline.shape != layer.data.shape:
+                self.baseline = np.array(layer.data, copy=True)
+            else:
+                self.baseline[frame] = layer.data[frame]
+
+    def set_written(self, values: np.ndarray) -> None:
+        """What the plugin wrote is ``values`` (the layer may hold the user's slices too)."""
+        self.digests = data_digests(values)
+        if self.kind == "mask":
+            self.baseline = np.array(values, copy=True)
 
 
 @dataclass(eq=False)
@@ -165,6 +185,34 @@ class SegmentationRecord:
         return self.segmentation, (frame,)
 
 
+@dataclass(eq=False)
+class ModelEntry:
+    """A model fine-tuned in this viewer, kept in the session's history.
+
+    Attributes:
+        name: unique in the session (``"fine-tuned 1"``); the widgets offer it by this name.
+        model: the :class:`~napari_sdnet.api.Model`.
+        detail: what it is (``"60 steps on 2 slices of 'SC-HF-I-1 cine', from bundled"``).
+        base: the name of the model it was fine-tuned from.
+        saved_to: the file it was last saved to ("" while unsaved).
+    """
+
+    name: str
+    model: Any
+    detail: str = ""
+    base: str = ""
+    saved_to: str = ""
+
+    @property
+    def key(self) -> tuple:
+        return (f"session:{self.name}", None, None)
+
+    @property
+    def label(self) -> str:
+        saved = f", saved as {self.saved_to.rsplit('/', 1)[-1]}" if self.saved_to else ""
+        return f"{self.name}{saved}"
+
+
 @evented
 @dataclass(eq=False)
 class SDNetState:
@@ -172,20 +220,69 @@ class SDNetState:
 
     Evented fields: ``model`` (the loaded :class:`~napari_sdnet.api.Model` or None),
     ``model_key`` (what it was loaded from: ``(source, device choice, file mtime)``),
-    ``busy`` (a widget is running a job on this viewer).
+    ``busy`` (a widget is running a job on this viewer), ``job`` (what runs: "segmentation",
+    "fine-tuning"; empty when idle). One job at a time per viewer: :meth:`begin_job`.
     """
 
     model: Any = None
     model_key: tuple | None = None
     busy: bool = False
+    job: str = ""
 
     #: emitted with the :class:`SegmentationRecord` after a segmentation result is stored
     record_changed = Signal(object)
+    #: emitted when a fine-tuned model is added to or removed from the session
+    models_changed = Signal()
 
     def __post_init__(self) -> None:
         # not dataclass fields: no events, no repr
         self._records: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._made: weakref.WeakSet = weakref.WeakSet()
+        self._finetuned: list[ModelEntry] = []
+        self._counter = 0
+
+    # -- the models of the session --------------------------------------------------------------
+    def finetuned_models(self) -> list[ModelEntry]:
+        """The models fine-tuned in this viewer, oldest first."""
+        return list(self._finetuned)
+
+    def entry_in_use(self) -> ModelEntry | None:
+        """The fine-tuned model in use, or None (the bundled model or a file is, or none)."""
+        key = self.model_key
+        return next((e for e in self._finetuned if key and key[0] == e.key[0]), None)
+
+    def model_name(self) -> str:
+        """The name of the model in use, for messages ("bundled model", a file name, ...)."""
+        entry = self.entry_in_use()
+        if entry is not None:
+            return entry.name
+        if self.model is None:
+            return "no model"
+        source = str(self.model.source)
+        return "bundled model" if source == "bundled" else source.rsplit("/", 1)[-1]
+
+    def add_finetuned(self, model: Any, detail: str, base: str) -> ModelEntry:
+        """Keep a fine-tuned model and put it in use."""
+        self._counter += 1
+        entry = ModelEntry(f"fine-tuned {self._counter}", model, detail, base)
+        self._finetuned.append(entry)
+        self.use(entry.model, entry.key)
+        self.models_changed.emit()
+        return entry
+
+    def remove_finetuned(self, entry: ModelEntry) -> None:
+        if entry in self._finetuned:
+            self._finetuned.remove(entry)
+            self.models_changed.emit()
+
+    def find_finetuned(self, name: str) -> ModelEntry | None:
+        return next((e for e in self._finetuned if e.name == name), None)
+
+    def use(self, model: Any, key: tuple | None) -> None:
+        """Put ``model`` (loaded from ``key``) in use; the model choosers follow."""
+        self.model_key = key
+        self.model = model
+        self.models_changed.emit()
 
     def record_for(self, image: Layer) -> SegmentationRecord | None:
         """The record of an image layer, or None if it was never segmented."""
@@ -213,6 +310,26 @@ class SDNetState:
     def is_made_by_plugin(self, layer: Layer) -> bool:
         """Whether the plugin made this layer (it never touches any other)."""
         return unwrap(layer) in self._made
+
+    def begin_job(self, name: str) -> bool:
+        """Hold the viewer for a job; False when another job runs (nothing changes)."""
+        if self.busy:
+            return False
+        self.job = name
+        self.busy = True
+        return True
+
+    def end_job(self, name: str) -> None:
+        """Release the viewer after the job ``name``."""
+        if self.job == name:
+            self.busy = False
+            self.job = ""
+
+    def busy_reason(self) -> str:
+        """Why a widget cannot start a job now ("" when it can)."""
+        if not self.busy:
+            return ""
+        return f"a {self.job or 'job'} is running on this viewer; wait for it or stop it"
 
     def forget_model(self) -> None:
         """Drop the loaded model (e.g. after running out of GPU memory)."""

@@ -49,6 +49,7 @@ def test_mixer_on_a_cine_study_segmented_frame_by_frame(
     # the npe2 contribution docks it; nothing is segmented yet
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "SDNet latent mixer")
     assert isinstance(widget, LatentWidget)
+    widget.show_layer.setChecked(True)  # the preview also as a layer (off by default)
     assert widget.chosen_image() is None and not widget.add_button.isEnabled()
     assert "segment one" in widget.status.text()
 
@@ -187,6 +188,7 @@ def test_mixer_on_a_volume_and_model_rules(make_napari_viewer, qtbot, tiny_model
     image = viewer.add_image(data, name="vol", scale=(8.0, 1.5, 1.5), translate=(0, 10, -5))
     viewer.dims.set_current_step(0, 2)
     widget = LatentWidget(viewer)
+    widget.show_layer.setChecked(True)
     viewer.window.add_dock_widget(widget, name="mixer (test)")
     _segment(viewer, qtbot, tiny_model_file, image)
     assert widget.chosen_image() is image
@@ -227,6 +229,7 @@ def test_mixer_busy_resegmentation_and_a_2d_image(
     rng = np.random.default_rng(1)
     vol = viewer.add_image(rng.normal(50, 10, (4, 64, 64)).astype(np.float32), name="vol")
     widget = LatentWidget(viewer)
+    widget.show_layer.setChecked(True)
     viewer.window.add_dock_widget(widget, name="mixer (test)")
     seg_widget = _segment(viewer, qtbot, tiny_model_file, vol)
     widget.set_choice(mask_from=(None, 1), z_from=(None, 3), zero_z=True)

@@ -95,12 +95,22 @@ def test_finetune_keeps_edited_slices_undo_and_save(
     assert new_model.info.training["finetuned"][-1]["labelled_slices"] == 1
     assert new_model.info.training["finetuned"][-1]["steps"] == 2
     assert widget.progress.value() == 100 and widget.loss_label.text().startswith("step 2: ")
-    assert "dice_loss" in widget.loss_label.text()  # the last losses, not the empty final report
-    # the loss plot: one curve per plotted loss, one point per step
+    # the last losses (not the empty final report), in words rather than the trainer's keys
+    text = widget.loss_label.text()
+    assert "Dice loss, corrected slices" in text and "reconstruction error" in text
+    assert not any(k in text for k in ("dice_loss", "recon_l1", "labelled", "discriminators"))
+    # the loss plot: Dice loss and reconstruction errors in two panels, raw and smoothed
     assert [x for x, _ in widget.loss_history["dice_loss"]] == [1, 2]
     assert set(widget.loss_history) == {"dice_loss", "recon_l1", "unl_recon_l1"}
-    (axes,) = widget.loss_figure.axes
-    assert len(axes.lines) == 3 and list(axes.lines[0].get_xdata()) == [1, 2]
+    dice_axes, recon_axes = widget.loss_figure.axes
+    assert len(dice_axes.lines) == 2 and len(recon_axes.lines) == 4
+    assert list(dice_axes.lines[0].get_xdata()) == [1, 2]
+    legend = [t.get_text() for t in widget.loss_figure.legends[0].get_texts()]
+    assert legend == [
+        "Dice loss, corrected slices",
+        "reconstruction error, corrected slices",
+        "reconstruction error, other slices",
+    ]
 
     # the edited slice is untouched, every other slice is the new model's segmentation
     np.testing.assert_array_equal(mask.data[2, 3], before[2, 3])
@@ -132,6 +142,7 @@ def test_finetune_keeps_edited_slices_undo_and_save(
     assert state.model is base_model
     np.testing.assert_array_equal(mask.data, before)
     assert not widget.undo_button.isEnabled() and widget.edited == [(2, 3)]
+    assert "bundled" not in widget.status.text() and repr(mask.name) in widget.status.text()
 
 
 def test_stop_keeps_model_and_messages(make_napari_viewer, qtbot, tiny_model_file, messages):
@@ -196,11 +207,13 @@ def test_3d_study_errors_and_payload_fallback(
     # a payload the widget does not understand: the changed slices are found by comparison
     assert fw._painted_slices([object()], 3) is None
     mask.data[4, 0, 0] = 2
-    widget._on_paint(type("E", (), {"value": [object()]})())
+    widget._on_paint(type("E", (), {"value": [object()], "type": "paint"})())
     assert widget.edited == [(2,), (4,)]
     widget.remove_slice((4,))
 
     # errors from the API and running out of memory are shown as messages
+    real_finetune = api.finetune
+
     def bad(*args, **kwargs):
         raise InputError("labels of another shape")
         yield  # pragma: no cover
@@ -223,7 +236,7 @@ def test_3d_study_errors_and_payload_fallback(
     assert widget.device_combo.currentText() == "cpu"
     assert widget.last_model is None and not widget.undo_button.isEnabled()
 
-    monkeypatch.undo()
+    monkeypatch.setattr(api, "finetune", real_finetune)
     before = np.array(mask.data, copy=True)
     messages.clear()
     widget.finetune()
