@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sdnet import api
+from napari_sdnet import api, models
 from napari_sdnet.errors import CheckpointError, InputError
 from napari_sdnet.model import SDNet
 from napari_sdnet.phantom import make_cine_phantom, write_phantom_nifti
@@ -263,7 +263,7 @@ def test_load_model_warns_for_baselines(tmp_path):
 
 
 def test_bundled_model_missing_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(api, "bundled_model_path", lambda: tmp_path / "none.safetensors")
+    monkeypatch.setattr(models, "bundled_model_path", lambda: tmp_path / "none.safetensors")
     with pytest.raises(CheckpointError, match="no bundled model is installed yet"):
         api.load_model("bundled", device="cpu")
     with pytest.raises(CheckpointError, match="no bundled model is installed yet"):
@@ -273,10 +273,10 @@ def test_bundled_model_missing_is_a_clear_error(monkeypatch, tmp_path):
 def test_bundled_model_loads_once_installed(monkeypatch, checkpoint):
     from pathlib import Path
 
-    monkeypatch.setattr(api, "bundled_model_path", lambda: Path(checkpoint))
+    monkeypatch.setattr(models, "bundled_model_path", lambda: Path(checkpoint))
     m = api.load_model("bundled", device="cpu")
     assert m.source == "bundled" and m.info.preset == "tiny"
-    assert api.bundled_model_path().name == Path(checkpoint).name
+    assert models.bundled_model_path().name == Path(checkpoint).name
     monkeypatch.undo()
     assert api.bundled_model_path().name == api.BUNDLED_MODEL
     assert api.bundled_model_path().parent.name == "weights"

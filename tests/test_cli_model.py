@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sdnet import api
+from napari_sdnet import api, models
 from napari_sdnet.cli import main
 from napari_sdnet.model import SDNet
 from napari_sdnet.phantom import make_phantom_volume, write_phantom_nifti
@@ -134,7 +134,7 @@ def test_predict_bad_files_are_one_line_errors(files, tmp_path, capsys):
 
 
 def test_missing_bundled_model_is_one_line(files, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(api, "bundled_model_path", lambda: tmp_path / "none.safetensors")
+    monkeypatch.setattr(models, "bundled_model_path", lambda: tmp_path / "none.safetensors")
     out = str(tmp_path / "mask.nii.gz")
     assert main(["predict", str(files["image3"]), "-o", out]) == 2
     assert "no bundled model is installed yet" in _one_line_error(capsys, "predict")

@@ -205,10 +205,10 @@ def test_finetune_with_a_ruinous_rate_saves_nothing(files, tmp_path, capsys):
 def test_finetune_refuses_a_result_worse_than_its_start(files, monkeypatch):
     """A model that segments the painted slices well and is ruined by fine-tuning (finite
     but broken weights) is refused."""
-    import napari_sdnet.api as api_module
+    from napari_sdnet import finetuning
 
     scores = iter([0.8, 0.1])
-    monkeypatch.setattr(api_module, "_painted_dice", lambda network, data: next(scores))
+    monkeypatch.setattr(finetuning, "_painted_dice", lambda network, data: next(scores))
     model = api.load_model(files["model"], "cpu")
     image = nib.load(files["image"]).get_fdata().T
     labels = np.asarray(nib.load(files["labels"]).dataobj).T

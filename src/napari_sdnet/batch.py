@@ -408,9 +408,7 @@ def _measure_row(seg: Any, vol: Any) -> tuple[dict[str, Any], list[str]]:
     data = vol.data
     if data.ndim < 3:
         return row, ["2D image: no volumes"]
-    result = api.measure_segmentation(
-        seg, vol.geometry.spacing, time_unit=vol.geometry.time_unit
-    )
+    result = api.measure_segmentation(seg, vol.geometry.spacing, time_unit=vol.geometry.time_unit)
     if result.mode == "volume":
         for s in ("lv", "rv", "myocardium"):
             row[f"{s}_ml"] = _round(result.volumes[s][0])
@@ -455,7 +453,10 @@ def process_one(task: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any
             seg = api.segment(model, vol.data, vol.geometry.spacing, latents=False)
             labels = seg.mask if settings.get("binary") else api.to_acdc_labels(seg.mask)
             write_nifti(
-                task["mask"], labels, vol.geometry, dtype=np.uint8,
+                task["mask"],
+                labels,
+                vol.geometry,
+                dtype=np.uint8,
                 overwrite=bool(task.get("overwrite")),
             )
             measured, notes = _measure_row(seg, vol)
@@ -846,8 +847,9 @@ def run_batch(
     started = time.perf_counter()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"workers must be a positive integer, got {workers!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
         raise InputError(f"threads must be a positive integer, got {threads!r}")
     out = Path(outdir).expanduser().absolute()
     if out.exists() and not out.is_dir():
@@ -867,16 +869,21 @@ def run_batch(
 
     with _locked(state):
         manifest_path = state / "batch.json"
-        manifest = {"format": 1, "model": model_arg, "model_sha256": model_sha,
-                    "binary": bool(binary)}
+        manifest = {
+            "format": 1,
+            "model": model_arg,
+            "model_sha256": model_sha,
+            "binary": bool(binary),
+        }
         journal_path = state / "journal.jsonl"
         if manifest_path.is_file() and not overwrite:
             try:
                 before = json.loads(manifest_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 before = {}
-            same = (before.get("model_sha256") == model_sha
-                    and bool(before.get("binary")) == bool(binary))
+            same = before.get("model_sha256") == model_sha and bool(before.get("binary")) == bool(
+                binary
+            )
             if before and not same:
                 raise InputError(
                     f"{out}: holds masks made with another model or --binary setting "
@@ -899,20 +906,33 @@ def run_batch(
         for i, (p, name) in enumerate(zip(paths, names, strict=True)):
             rec = journal.records.get(keys[i])
             mask = out / name
-            if (rec is not None and not overwrite and rec.get("row", {}).get("status") == "ok"
-                    and rec.get("signature") == _signature(p) and rec.get("mask") == name
-                    and mask.is_file()):
+            if (
+                rec is not None
+                and not overwrite
+                and rec.get("row", {}).get("status") == "ok"
+                and rec.get("signature") == _signature(p)
+                and rec.get("mask") == name
+                and mask.is_file()
+            ):
                 rows[i] = dict(rec["row"])
                 skipped += 1
                 continue
             if mask.exists() and not overwrite and keys[i] not in journal.known:
-                rows[i] = {"file": keys[i], "mask": name, "status": "error",
-                           "error": f"{mask}: exists and was not written by this batch; "
-                           "refusing to overwrite (pass --overwrite)"}
+                rows[i] = {
+                    "file": keys[i],
+                    "mask": name,
+                    "status": "error",
+                    "error": f"{mask}: exists and was not written by this batch; "
+                    "refusing to overwrite (pass --overwrite)",
+                }
                 continue
             pending.append(i)
-        settings = {"model": model_arg, "device": device, "binary": bool(binary),
-                    "threads": threads}
+        settings = {
+            "model": model_arg,
+            "device": device,
+            "binary": bool(binary),
+            "threads": threads,
+        }
         total = len(paths)
         done_count = total - len(pending)
         if progress is not None:
@@ -966,8 +986,14 @@ def run_batch(
                         i, alone = pending.popleft(), False
                     else:
                         break
-                    journal.append({"event": "start", "input": keys[i], "mask": names[i],
-                                    "t": round(time.time(), 3)})
+                    journal.append(
+                        {
+                            "event": "start",
+                            "input": keys[i],
+                            "mask": names[i],
+                            "t": round(time.time(), 3),
+                        }
+                    )
                     journal.known[keys[i]] = names[i]
                     # a mask there now is this batch's own (foreign ones were refused above)
                     task = {"input": keys[i], "mask": str(out / names[i]), "overwrite": True}
@@ -990,18 +1016,31 @@ def run_batch(
                                     "(out of memory? A Python script that calls run_batch "
                                     "needs `if __name__ == '__main__':`)"
                                 ) from None
-                            message = ("the worker process died while segmenting it (out of "
-                                       "memory, or a crash in a library)")
+                            message = (
+                                "the worker process died while segmenting it (out of "
+                                "memory, or a crash in a library)"
+                            )
                         else:
                             message = _one_line(exc)
-                        row = {"file": keys[i], "mask": names[i], "status": "error",
-                               "error": message}
+                        row = {
+                            "file": keys[i],
+                            "mask": names[i],
+                            "status": "error",
+                            "error": message,
+                        }
                     returned += 1
                     if "fatal" in row:
                         raise CheckpointError(row["fatal"])
                     rows[i] = row
-                    journal.append({"event": "done", "input": keys[i], "mask": names[i],
-                                    "signature": signatures.get(i), "row": row})
+                    journal.append(
+                        {
+                            "event": "done",
+                            "input": keys[i],
+                            "mask": names[i],
+                            "signature": signatures.get(i),
+                            "row": row,
+                        }
+                    )
                     if row["status"] == "ok":
                         segmented += 1
                     else:

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from napari_sdnet.api import Model, Segmentation
+    from napari_sdnet.models import Model
+    from napari_sdnet.segmentation import Segmentation
 
 __all__ = [
     "FIGURE3_COLUMNS",
@@ -277,7 +278,7 @@ def mix(
     Returns:
         float32 ``(S, S)`` or ``(H, W)``.
     """
-    from napari_sdnet.api import reconstruct
+    from napari_sdnet.segmentation import reconstruct
 
     size = model.config.image_size
     if mask_from is None:
@@ -357,7 +358,7 @@ class Figure3:
 
 def figure3_slices(model: Model, a: LatentSlice, b: LatentSlice, title: str = "") -> Figure3:
     """:func:`figure3` for two :class:`LatentSlice` objects (e.g. from two segmentations)."""
-    from napari_sdnet.api import reconstruct
+    from napari_sdnet.segmentation import reconstruct
 
     rows = []
     for own, other in ((a, b), (b, a)):
