@@ -257,16 +257,10 @@ def test_myocardium_only_model_output_reports_mass_and_says_why_cavities_are_abs
     myo = _counted_ml(phantom.labels[0, :2], 2, phantom.spacing)
     assert r.lv_mass_g == pytest.approx(1.05 * myo)
 
-    # a model whose labels() hold ACDC 1/2/3 goes through the same call unchanged
-    @dataclasses.dataclass(eq=False)
-    class ThreeStructures(api.Segmentation):
-        structures: tuple = cardiac.STRUCTURES
-
-        def labels(self):
-            return self.mask
-
-    three = ThreeStructures(**{f.name: getattr(seg, f.name) for f in dataclasses.fields(seg)})
-    three.mask = phantom.labels[:, :2]
+    # a model of three structures (its labels() hold ACDC 1/2/3) goes through the same call
+    three = dataclasses.replace(
+        seg, structures=cardiac.STRUCTURES, label_map=phantom.labels[:, :2].astype(np.uint8)
+    )
     r3 = api.measure_segmentation(three, phantom.spacing)
     assert r3.present("lv") and r3.present("rv") and not r3.notes
     assert r3.indices() == cardiac.measure_labels(phantom.labels[:, :2], phantom.spacing).indices()

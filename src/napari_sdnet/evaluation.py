@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_sdnet.choices import ACDC_LABELS
 from napari_sdnet.errors import InputError
 from napari_sdnet.generators import run
 from napari_sdnet.io.slices import MYOCARDIUM
@@ -22,6 +23,7 @@ from napari_sdnet.segmentation import (
     _check_batch_size,
     _native_mask,
     _predict_iter,
+    structure_labels,
 )
 
 if TYPE_CHECKING:
@@ -35,7 +37,8 @@ class EvaluationResult:
     Attributes:
         per_volume: one dict per evaluated volume: ``volume_id``, ``dice`` (3D hard Dice over
             the labelled slices), ``n_slices`` (labelled slices evaluated), ``n_slices_total``,
-            ``frame`` (cine studies) .
+            ``frame`` (cine studies), and for a model of several structures
+            ``dice_structures`` (RV cavity, myocardium, LV cavity: label 1, 2, 3) .
         per_slice: one dict per labelled slice: ``volume_id``, ``slice`` (z index), ``dice``,
             ``gt_pixels``, ``pred_pixels`` (a slice where both are 0 has Dice 1).
         skipped: ids of volumes without any labelled slice (not evaluated).
@@ -61,6 +64,17 @@ class EvaluationResult:
         values = [v["dice"] for v in self.per_volume]
         return float(np.mean(values)) if values else float("nan")
 
+    def mean_structure_dice(self) -> dict[str, float]:
+        """Mean per-volume (3D) hard Dice of every structure the model segments (a model of
+        several structures; ``{}`` for a myocardium-only model)."""
+        names = list(
+            dict.fromkeys(k for v in self.per_volume for k in v.get("dice_structures", {}))
+        )
+        return {
+            name: float(np.mean([v["dice_structures"][name] for v in self.per_volume]))
+            for name in names
+        }
+
     @property
     def std(self) -> float:
         """Standard deviation of the per-volume Dice (population, ``ddof=0``)."""
@@ -83,6 +97,7 @@ class EvaluationResult:
             "mean_myocardium_dice": num(self.mean_myocardium_dice),
             "std_myocardium_dice": num(self.std),
             "mean_slice_dice": num(self.mean_slice_dice),
+            "mean_structure_dice": {k: num(v) for k, v in self.mean_structure_dice().items()},
             "n_volumes": self.n_volumes,
             "n_slices": len(self.per_slice),
             "model": self.model,
@@ -218,9 +233,15 @@ def evaluate(
         if rec.labels is None or not labelled.any():
             skipped.append(rec.volume_id)
         else:
-            gen = _predict_iter(model, rec.slices, batch_size)
-            prob = run(gen)[0]
-            pred = _native_mask(restore_probabilities(prob, rec.grid)).astype(bool)
+            prob = run(_predict_iter(model, rec.slices, batch_size))[0]
+            structures = model.config.structures
+            if len(structures) == 1:
+                pred = _native_mask(restore_probabilities(prob, rec.grid)).astype(bool)
+                label_map = None
+            else:
+                per_structure = restore_probabilities(np.moveaxis(prob, 1, 0), rec.grid)
+                label_map = structure_labels(per_structure, structures)
+                pred = label_map == MYOCARDIUM
             gt = np.asarray(rec.labels) == MYOCARDIUM
             entry: dict[str, Any] = {
                 "volume_id": rec.volume_id,
@@ -230,6 +251,15 @@ def evaluate(
             }
             if rec.frame is not None:
                 entry["frame"] = int(rec.frame)
+            if label_map is not None:
+                truth = np.asarray(rec.labels)
+                entry["dice_structures"] = {
+                    name: hard_dice(
+                        label_map[labelled] == ACDC_LABELS[name],
+                        truth[labelled] == ACDC_LABELS[name],
+                    )
+                    for name in structures
+                }
             per_volume.append(entry)
             for k in np.flatnonzero(labelled):
                 per_slice.append(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_sdnet.choices import ACDC_LABELS
 from napari_sdnet.errors import InputError
 from napari_sdnet.io.slices import MYOCARDIUM
 from napari_sdnet.models import Model, _as_model
@@ -41,8 +42,11 @@ class Segmentation:
     """The result of :func:`segment` for an image of shape ``(..., H, W)``.
 
     Attributes:
-        mask: uint8 ``(..., H, W)``, 1 = myocardium (restored probability >= 0.5).
-        probability: float32 ``(..., H, W)`` in [0, 1] (0 outside the model's field of view).
+        mask: uint8 ``(..., H, W)``, 1 = myocardium (restored probability >= 0.5; for a model
+            of several structures: where the myocardium is the most likely class).
+        probability: float32 ``(..., H, W)`` in [0, 1] (0 outside the model's field of view):
+            the myocardium's.
+        structures / label_map: see below; :meth:`labels` gives the ACDC label map.
         z: float32 ``(..., z_dim)``: the latent vector Z of every slice (None when segmented
             with ``latents=False``).
         reconstruction: float32 ``(..., H, W)``: g(round(M), Z) on the input grid, in the
@@ -51,7 +55,8 @@ class Segmentation:
         grid: the :class:`~napari_sdnet.preprocess.SliceGrid` mapping model grid <-> input grid
             (with the clip range of the normalisation in ``grid.intensity_range``).
         model_image: float32 ``(..., S, S)``: the preprocessed input the model saw.
-        model_mask: float32 ``(..., S, S)``: the soft mask M on the model grid.
+        model_mask: float32 ``(..., S, S)`` (``(..., C, S, S)`` for C structures): the soft
+            mask M on the model grid.
         model_reconstruction: float32 ``(..., S, S)``: the reconstruction on the model grid.
         spacing: the in-plane ``(sy, sx)`` (mm) that was used.
         spacing_assumed: True when no spacing was given and the model's pixel size was assumed.
@@ -74,6 +79,11 @@ class Segmentation:
     spacing: tuple[float, float]
     spacing_assumed: bool = False
     precision: str = "fp32"
+    #: what the model segments, in channel order (``("myocardium",)`` for the paper's model)
+    structures: tuple[str, ...] = ("myocardium",)
+    #: ACDC labels (1 RV, 2 myocardium, 3 LV) on the input grid, for models of several
+    #: structures (None for a myocardium-only model: see :meth:`labels`)
+    label_map: np.ndarray | None = field(default=None, repr=False)
     #: computes the model-grid reconstruction when it was not given (see the class docstring)
     decoder: InitVar[Callable[[], np.ndarray] | None] = None
 
@@ -121,7 +131,10 @@ class Segmentation:
         return restore_image(self.model_reconstruction, self.grid, denormalise=True)
 
     def labels(self) -> np.ndarray:
-        """The mask as ACDC labels: uint8, 2 = myocardium, 0 elsewhere."""
+        """ACDC labels, uint8: 1 RV cavity, 2 myocardium, 3 LV cavity for a model of several
+        structures; 2 = myocardium, 0 elsewhere for a myocardium-only model."""
+        if self.label_map is not None:
+            return self.label_map
         return to_acdc_labels(self.mask)
 
 
@@ -223,7 +236,8 @@ def _predict_iter(
 ]:
     """Batched inference on model-grid slices ``(N, S, S)``, yielding ``(done, N)``.
 
-    Returns ``(probability (N, S, S), z (N, z_dim), reconstruction (N, S, S))``, each None
+    Returns ``(probability (N, S, S) or (N, C, S, S) for C structures, z (N, z_dim),
+    reconstruction (N, S, S))``, each None
     unless named in ``outputs`` (``mask``, ``z``, ``reconstruction``; default: the mask only).
     The default precision is :func:`segment`'s, so that :func:`evaluate` scores what
     :func:`segment` (and ``napari-sdnet predict``) return.
@@ -232,8 +246,9 @@ def _predict_iter(
 
     n = len(slices)
     size = model.config.image_size
+    channels = model.config.n_structures
     shapes = {
-        "mask": (n, size, size),
+        "mask": (n, size, size) if channels == 1 else (n, channels, size, size),
         "z": (n, model.config.z_dim),
         "reconstruction": (n, size, size),
     }
@@ -254,6 +269,17 @@ def _predict_iter(
         start = done
         yield done, n
     return arrays.get("mask"), arrays.get("z"), arrays.get("reconstruction")
+
+
+def structure_labels(probabilities: np.ndarray, structures: Sequence[str]) -> np.ndarray:
+    """ACDC label map (uint8) from per-structure probabilities ``(C, ..., H, W)`` (a softmax's
+    structure part): the arg-max over background ``1 - sum`` and the structures, ties to
+    background, so a pixel is labelled where its structure is the most likely class."""
+    probabilities = np.asarray(probabilities, np.float32)
+    background = 1.0 - probabilities.sum(axis=0, keepdims=True)
+    winner = np.concatenate([background, probabilities]).argmax(axis=0)
+    values = np.asarray([0, *(ACDC_LABELS[s] for s in structures)], np.uint8)
+    return values[winner]
 
 
 def _native_mask(probability: np.ndarray) -> np.ndarray:
@@ -308,10 +334,20 @@ def segment_iter(
             )
             return recon.reshape(*lead, size, size)
 
-    model_prob = prob.reshape(*lead, size, size)
-    probability = restore_probabilities(model_prob, grid)
+    structures = model.config.structures
+    if len(structures) == 1:
+        model_prob = prob.reshape(*lead, size, size)
+        probability = restore_probabilities(model_prob, grid)
+        mask, label_map = _native_mask(probability), None
+    else:
+        model_prob = prob.reshape(*lead, len(structures), size, size)
+        # channels first while restoring: every (t, z) slice shares the grid
+        per_structure = restore_probabilities(np.moveaxis(model_prob, -3, 0), grid)
+        label_map = structure_labels(per_structure, structures)
+        probability = per_structure[structures.index("myocardium")]
+        mask = (label_map == MYOCARDIUM).astype(np.uint8)
     result = Segmentation(
-        mask=_native_mask(probability),
+        mask=mask,
         probability=probability,
         z=None if z is None else z.reshape(*lead, model.config.z_dim),
         reconstruction=None,
@@ -323,6 +359,8 @@ def segment_iter(
         spacing_assumed=assumed,
         precision=used_precision,
         decoder=decoder,
+        structures=structures,
+        label_map=label_map,
     )
     yield result
     return result

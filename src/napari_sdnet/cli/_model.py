@@ -65,13 +65,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             precision=args.precision,
             latents=args.reconstruction is not None,  # Z only feeds the reconstruction here
         )
-    labels = seg.mask if args.binary else api.to_acdc_labels(seg.mask)
+    several = len(seg.structures) > 1
+    if args.binary:
+        labels, what = seg.mask, "myocardium = 1"
+    elif args.myocardium_only or not several:
+        labels, what = api.to_acdc_labels(seg.mask), "myocardium = 2"
+    else:
+        labels, what = seg.labels(), "ACDC labels: 1 RV cavity, 2 myocardium, 3 LV cavity"
+    if not several and not args.binary:
+        what += " (this model segments the myocardium only)"
     write_nifti(args.output, labels, vol.geometry, dtype=np.uint8, overwrite=args.overwrite)
     flat = seg.mask.reshape(-1, *seg.mask.shape[-2:])
     n_found = int(flat.any(axis=(1, 2)).sum())
-    value = 1 if args.binary else api.MYOCARDIUM
     print(
-        f"wrote {args.output} (myocardium = {value}; found on {n_found} of {len(flat)} slices, "
+        f"wrote {args.output} ({what}; myocardium found on {n_found} of {len(flat)} slices, "
         f"shape {vol.data.shape})"
     )
     if args.reconstruction:
@@ -92,11 +99,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     elif args.dicom_seg is not None:
         from napari_sdnet.io.seg import write_dicom_seg
 
-        write_dicom_seg(
-            args.dicom_seg, api.to_acdc_labels(seg.mask), dicom, overwrite=args.overwrite
-        )
+        seg_labels = api.to_acdc_labels(seg.mask) if args.myocardium_only else seg.labels()
+        write_dicom_seg(args.dicom_seg, seg_labels, dicom, overwrite=args.overwrite)
+        names = {1: "RV cavity", 2: "Myocardium", 3: "LV cavity"}
+        present = [names[v] for v in (1, 2, 3) if np.any(seg_labels == v)]
         print(
-            f"wrote {args.dicom_seg} (DICOM SEG: segment 'Myocardium', SCT 49848007, "
+            f"wrote {args.dicom_seg} (DICOM SEG: segments {', '.join(present) or 'none'}; "
             f"referencing {dicom.label()})"
         )
     return 0
@@ -129,6 +137,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"{result.mean_myocardium_dice:.4f} +- {result.std:.4f} over {result.n_volumes} "
             f"volume(s) ({result.layout}{', ' + result.split if result.split else ''})"
         )
+        for name, value in result.mean_structure_dice().items():
+            print(f"mean {name} Dice (3D, per volume): {value:.4f}")
     else:
         print("no labelled volume found: nothing was evaluated")
     if args.json is not None:
@@ -260,7 +270,13 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="mask file (.nii.gz)")
     model_options(p)
     p.add_argument(
-        "--binary", action="store_true", help="myocardium = 1 (default 2, the ACDC convention)"
+        "--binary", action="store_true", help="myocardium alone, = 1 (default: ACDC labels)"
+    )
+    p.add_argument(
+        "--myocardium-only",
+        action="store_true",
+        help="write the myocardium alone (= 2) even when the model also segments the LV and "
+        "RV cavities (default: every structure the model has, ACDC labels 1 RV, 2, 3 LV)",
     )
     p.add_argument(
         "--as-image",
