@@ -19,6 +19,7 @@ from napari_sdnet.model import SDNet
 from napari_sdnet.phantom import make_phantom_volume
 from napari_sdnet.preprocess import PreprocessConfig, preprocess_labels, preprocess_volume
 from napari_sdnet.training import trainer as trainer_module
+from napari_sdnet.training import validation as validation_module
 from napari_sdnet.training.losses import (
     dice_loss,
     hard_dice,
@@ -608,7 +609,7 @@ def test_validation_dice_is_per_volume(monkeypatch):
     prob = masks.astype(np.float32)
     prob[2] = 0  # the second volume is missed completely
     outputs = SliceOutputs(prob, np.zeros((3, 16), np.float32), prob)
-    monkeypatch.setattr(trainer_module, "predict_slices", lambda *a, **k: outputs)
+    monkeypatch.setattr(validation_module, "predict_slices", lambda *a, **k: outputs)
     assert validation_dice(None, masks, masks, ["a", "a", "b"]) == pytest.approx(0.5)
     assert validation_dice(None, masks, masks, None) == pytest.approx(2 / 3)
 
