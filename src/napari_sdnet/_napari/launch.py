@@ -51,6 +51,24 @@ def dock_function_widget(viewer, layer=None, tabify: bool = True):
     return widget
 
 
+def _bring_to_front(widget, now: bool = False) -> None:
+    """Show ``widget``'s tab in front of the other napari-sdnet docks (after they are tabbed)."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    def raise_dock() -> None:
+        dock = widget._dock() if hasattr(widget, "_dock") else None
+        if dock is not None:
+            dock.raise_()
+
+    if now:
+        QApplication.processEvents()
+        raise_dock()
+        QApplication.processEvents()
+    else:
+        QTimer.singleShot(200, raise_dock)
+
+
 def _measure_segmentation(segment_widget, function_widget, image) -> None:
     """Run the function widget on the mask the segmentation widget made for ``image``."""
     mask = segment_widget.mask_layer_for(image)
@@ -139,6 +157,7 @@ def launch_demo(
     seg_widget.set_device(device)
     seg_widget.frames_combo.setCurrentText(frames)
     function_widget = dock_function_widget(viewer)
+    _bring_to_front(function_widget)  # what the plugin is for: the indices and the curve
     started = seg_widget.segment(image)
     if screenshot is None:
         napari.run()
@@ -152,6 +171,7 @@ def launch_demo(
         if seg_widget.last_error is not None:
             raise seg_widget.last_error
         _measure_segmentation(seg_widget, function_widget, image)
+        _bring_to_front(function_widget, now=True)
         _save_window(viewer, screenshot, size=(1600, 1000))
         print(f"screenshot written to {screenshot}")
     finally:
@@ -175,7 +195,6 @@ def run_headless_demo(
     :class:`~napari_sdnet.errors.CheckpointError` for a missing model) instead of showing it.
     """
     import napari
-
     from napari_sdnet._napari._export import default_mask_name
     from napari_sdnet.errors import InputError
 
