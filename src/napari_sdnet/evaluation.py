@@ -38,7 +38,8 @@ class EvaluationResult:
         per_volume: one dict per evaluated volume: ``volume_id``, ``dice`` (3D hard Dice over
             the labelled slices), ``n_slices`` (labelled slices evaluated), ``n_slices_total``,
             ``frame`` (cine studies), and for a model of several structures
-            ``dice_structures`` (RV cavity, myocardium, LV cavity: label 1, 2, 3) .
+            ``dice_structures`` (RV cavity, myocardium, LV cavity: label 1, 2, 3; None for a
+            structure the volume's labels do not hold at all, e.g. no RV contours) .
         per_slice: one dict per labelled slice: ``volume_id``, ``slice`` (z index), ``dice``,
             ``gt_pixels``, ``pred_pixels`` (a slice where both are 0 has Dice 1).
         skipped: ids of volumes without any labelled slice (not evaluated).
@@ -70,10 +71,12 @@ class EvaluationResult:
         names = list(
             dict.fromkeys(k for v in self.per_volume for k in v.get("dice_structures", {}))
         )
-        return {
-            name: float(np.mean([v["dice_structures"][name] for v in self.per_volume]))
-            for name in names
-        }
+        out = {}
+        for name in names:
+            values = [v["dice_structures"][name] for v in self.per_volume]
+            values = [x for x in values if x is not None]
+            out[name] = float(np.mean(values)) if values else float("nan")
+        return out
 
     @property
     def std(self) -> float:
@@ -253,11 +256,15 @@ def evaluate(
                 entry["frame"] = int(rec.frame)
             if label_map is not None:
                 truth = np.asarray(rec.labels)
+                # a structure with no labelled voxel in the volume (e.g. Sunnybrook has no RV
+                # contours) cannot be scored there: None, left out of the means
                 entry["dice_structures"] = {
                     name: hard_dice(
                         label_map[labelled] == ACDC_LABELS[name],
                         truth[labelled] == ACDC_LABELS[name],
                     )
+                    if np.any(truth[labelled] == ACDC_LABELS[name])
+                    else None
                     for name in structures
                 }
             per_volume.append(entry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -138,7 +139,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"volume(s) ({result.layout}{', ' + result.split if result.split else ''})"
         )
         for name, value in result.mean_structure_dice().items():
-            print(f"mean {name} Dice (3D, per volume): {value:.4f}")
+            text = "not labelled in these data" if math.isnan(value) else f"{value:.4f}"
+            print(f"mean {name} Dice (3D, per volume): {text}")
     else:
         print("no labelled volume found: nothing was evaluated")
     if args.json is not None:
@@ -155,8 +157,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    import math
-
     from napari_sdnet import api
     from napari_sdnet.io.nifti import read_nifti
 
