@@ -28,11 +28,11 @@ def test_parsing_loads_no_heavy_module_and_offers_the_library_choices(modules_lo
     assert not {m.split(".")[0] for m in loaded} & {"torch", "napari", "qtpy"}
     from napari_sdnet import choices
     from napari_sdnet.model import PRESETS
-    from napari_sdnet.training import checkpoint, recipe, trainer
+    from napari_sdnet.training import checkpoint, config, recipe
 
     assert tuple(PRESETS) == choices.PRESET_NAMES
-    assert trainer.MODEL_TYPES is checkpoint.MODEL_TYPES is choices.MODEL_TYPES
-    assert trainer.LR_SCHEDULES is choices.LR_SCHEDULES
+    assert config.MODEL_TYPES is checkpoint.MODEL_TYPES is choices.MODEL_TYPES
+    assert config.LR_SCHEDULES is choices.LR_SCHEDULES
     assert recipe.LABELLED_BY is choices.LABELLED_BY
     with pytest.raises(SystemExit):
         main(["train", "--data", ".", "--lr-schedule", "step"])

@@ -6,6 +6,12 @@ that says what is wrong and, where possible, what to do. The CLI prints that lin
 traceback; the napari widgets show it as a notification.
 """
 
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 
 class SDNetError(Exception):
     """Base class: the message is user-facing and fits on one line."""
@@ -34,3 +40,23 @@ class RescuedWrite(SDNetError):
         super().__init__(
             f"{destination}: cannot write ({reason}); the result was saved to {path} instead"
         )
+
+
+def dataclass_kwargs(
+    data: Any, cls: type, what: str, unknown: str, *, kind: type = Mapping
+) -> dict[str, Any]:
+    """``dict(data)``, to build the dataclass ``cls`` from, once checked.
+
+    Raises :class:`InputError` when ``data`` is not a ``kind`` (``"<what> must be a mapping"``,
+    or ``a dict`` with ``kind=dict``) or has keys that are not fields of ``cls``: the message is
+    ``unknown`` formatted with ``names`` (the unknown keys, comma-separated), ``unknown`` and
+    ``known`` (sorted lists).
+    """
+    if not isinstance(data, kind):
+        article = "a dict" if kind is dict else "a mapping"
+        raise InputError(f"{what} must be {article}, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    extra = sorted(set(data) - known)
+    if extra:
+        raise InputError(unknown.format(names=", ".join(extra), unknown=extra, known=sorted(known)))
+    return dict(data)

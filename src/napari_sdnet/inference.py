@@ -275,6 +275,20 @@ def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.numpy()
 
 
+def _setup(
+    model: SDNet, precision: str, batch_size: int | None
+) -> tuple[torch.device, str, int, _InferenceNets, _Transfer]:
+    """What one inference run needs: ``(device, precision, batch_size, nets, transfer)``, the
+    model's device, the precision resolved there (:func:`resolve_precision`), the batch size
+    (None: :func:`default_batch_size`), the model's :func:`inference_copy` and a
+    :class:`_Transfer` to that device."""
+    device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    if batch_size is None:
+        batch_size = default_batch_size(device, precision)
+    return device, precision, batch_size, inference_copy(model), _Transfer(device)
+
+
 # ------------------------------------------------------------------------------- inference
 def iter_predict(
     model: SDNet,
@@ -300,12 +314,7 @@ def iter_predict(
     """
     images = np.asarray(images, dtype=np.float32)
     wanted = _check_outputs(outputs)
-    device = next(model.parameters()).device
-    precision = resolve_precision(precision, device)
-    if batch_size is None:
-        batch_size = default_batch_size(device, precision)
-    nets = inference_copy(model)
-    transfer = _Transfer(device)
+    device, precision, batch_size, nets, transfer = _setup(model, precision, batch_size)
     want_z = "z" in wanted or "reconstruction" in wanted
     for start in range(0, len(images), batch_size):
         # The inference-mode context is left before each yield: grad mode is per thread, and a
@@ -372,12 +381,7 @@ def decode_latents(
     """g(round(M), Z) for any masks (N, S, S) and Z (N, z_dim): latent mixing's primitive."""
     masks = np.asarray(masks, dtype=np.float32)
     z = np.asarray(z, dtype=np.float32)
-    device = next(model.parameters()).device
-    precision = resolve_precision(precision, device)
-    if batch_size is None:
-        batch_size = default_batch_size(device, precision)
-    nets = inference_copy(model)
-    transfer = _Transfer(device)
+    device, precision, batch_size, nets, transfer = _setup(model, precision, batch_size)
     out = []
     with torch.inference_mode(), _autocast(device, precision):
         for start in range(0, len(masks), batch_size):

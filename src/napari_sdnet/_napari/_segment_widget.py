@@ -72,7 +72,12 @@ EXPORT_BINARY = "binary (myocardium = 1)"
 # Module-level functions, also set as widget attributes, so tests (and scripts) replace them.
 def ask_save_path(parent: QWidget | None, suggested: str) -> str | None:
     """Ask where to save a mask; None when cancelled."""
-    return ask_save_file(parent, "Export mask as NIfTI", suggested, "NIfTI (*.nii.gz *.nii)")
+    return ask_save_file(
+        parent,
+        "Export mask (NIfTI, or DICOM SEG for a DICOM study)",
+        suggested,
+        "NIfTI (*.nii.gz *.nii);;DICOM Segmentation (*.dcm)",
+    )
 
 
 # ---------------------------------------------------------------------- the job (worker side)

@@ -24,6 +24,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -38,7 +39,12 @@ from napari_sdnet.io.slices import (
     _model_masks,
     patient_id,
 )
-from napari_sdnet.preprocess import PreprocessConfig, _finite_positive, preprocess_volume
+from napari_sdnet.preprocess import (
+    PreprocessConfig,
+    SliceGrid,
+    _finite_positive,
+    preprocess_volume,
+)
 
 __all__ = [
     "SPLITS",
@@ -138,28 +144,13 @@ def iter_acdc_nifti(
             spacing = tuple(float(s) for s in vol.geometry.spacing)
             slices, grid = preprocess_volume(image, spacing, config)
             labels = None
-            labelled = np.zeros(image.shape[0], bool)
-            masks = np.zeros(slices.shape, np.uint8)
             if gt_path is not None:
-                gt = read_nifti(gt_path).data
-                if gt.shape != image.shape:
+                labels = read_nifti(gt_path).data
+                if labels.shape != image.shape:
                     raise InputError(
-                        f"{gt_path}: label shape {gt.shape} differs from image {image.shape}"
+                        f"{gt_path}: label shape {labels.shape} differs from image {image.shape}"
                     )
-                labels = np.asarray(gt).astype(np.uint8)
-                masks = _model_masks(labels, grid)
-                labelled[:] = True
-            yield VolumeRecord(
-                volume_id=vid,
-                image=image,
-                labels=labels,
-                spacing=spacing,  # type: ignore[arg-type]
-                slices=slices,
-                grid=grid,
-                masks=masks,
-                labelled=labelled,
-                geometry=vol.geometry,
-            )
+            yield _record(vid, image, labels, spacing, slices, grid, geometry=vol.geometry)
 
 
 def load_acdc_nifti(
@@ -256,6 +247,36 @@ def _h5_read(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return image, label
 
 
+def _record(
+    vid: str,
+    image: np.ndarray,
+    labels: Any,
+    spacing: tuple[float, ...],
+    slices: np.ndarray,
+    grid: SliceGrid,
+    **extra: Any,
+) -> VolumeRecord:
+    """The record of a preprocessed volume; with ``labels`` (uint8 on its grid) all its slices
+    are labelled, with their model-grid masks."""
+    labelled = np.zeros(image.shape[0], bool)
+    masks = np.zeros(slices.shape, np.uint8)
+    if labels is not None:
+        labels = np.asarray(labels).astype(np.uint8)
+        masks = _model_masks(labels, grid)
+        labelled[:] = True
+    return VolumeRecord(
+        volume_id=vid,
+        image=image,
+        labels=labels,
+        spacing=spacing,  # type: ignore[arg-type]
+        slices=slices,
+        grid=grid,
+        masks=masks,
+        labelled=labelled,
+        **extra,
+    )
+
+
 def _h5_record(
     vid: str,
     image: np.ndarray,
@@ -264,23 +285,8 @@ def _h5_record(
     config: PreprocessConfig,
 ) -> VolumeRecord:
     slices, grid = preprocess_volume(image, (in_plane, in_plane), config)
-    labelled = np.zeros(image.shape[0], bool)
-    masks = np.zeros(slices.shape, np.uint8)
-    if labels is not None:
-        labels = labels.astype(np.uint8)
-        masks = _model_masks(labels, grid)
-        labelled[:] = True
-    return VolumeRecord(
-        volume_id=vid,
-        image=image,
-        labels=labels,
-        spacing=(1.0, in_plane, in_plane),
-        slices=slices,
-        grid=grid,
-        masks=masks,
-        labelled=labelled,
-        spacing_known=False,
-    )
+    spacing = (1.0, in_plane, in_plane)
+    return _record(vid, image, labels, spacing, slices, grid, spacing_known=False)
 
 
 def iter_acdc_h5(

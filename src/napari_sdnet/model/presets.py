@@ -81,7 +81,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from napari_sdnet.choices import PRESET_NAMES, STRUCTURES
-from napari_sdnet.errors import InputError
+from napari_sdnet.errors import InputError, dataclass_kwargs
 
 __all__ = ["ModelConfig", "PRESETS", "get_preset", "preset_names"]
 
@@ -324,13 +324,9 @@ class ModelConfig:
         Raises:
             InputError: for a non-dict, unknown keys or invalid values.
         """
-        if not isinstance(data, dict):
-            raise InputError(f"model config must be a dict, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"model config has unknown keys: {', '.join(unknown)}")
-        kwargs = dict(data)
+        kwargs = dataclass_kwargs(
+            data, cls, "model config", "model config has unknown keys: {names}", kind=dict
+        )
         if "structures" in kwargs:
             value = kwargs["structures"]
             if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
