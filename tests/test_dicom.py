@@ -742,3 +742,17 @@ def test_cli_evaluate_dicom_folder_with_its_seg(series, tmp_path, tiny_model_fil
     assert [v["volume_id"] for v in result["per_volume"]] == ["cine_t00", "cine_t01", "cine_t02"]
     # the labelled slices are those with myocardium in the SEG
     assert [v["n_slices"] for v in result["per_volume"]] == [3, 4, 4]
+
+
+def test_measure_reads_a_dicom_series_folder(tmp_path, tiny_model_file, capsys):
+    """`measure` takes a DICOM cine folder as it takes a NIfTI cine (issue #18)."""
+    from napari_sdnet.cli import main
+
+    folder = tmp_path / "series"
+    write_series(folder, n_t=4, n_z=3)
+    out = tmp_path / "f.json"
+    assert main(["measure", str(folder), "--model", tiny_model_file, "--json", str(out)]) == 0
+    import json
+
+    data = json.loads(out.read_text())
+    assert "lv_ef_percent" in data and data["ed_frame"] is not None

@@ -18,7 +18,7 @@ from napari_sdnet.errors import InputError
 
 def _cmd_measure(args: argparse.Namespace) -> int:
     from napari_sdnet import api, cardiac
-    from napari_sdnet.io.nifti import read_nifti
+    from napari_sdnet.io import read_image
 
     if len(args.inputs) not in (1, 2):
         raise InputError("give one 4D cine, or an ED and an ES volume (in that order)")
@@ -34,7 +34,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         raise InputError("--ed/--es choose frames of a 4D cine; with two volumes they are given")
     if args.convention != "acdc" and not args.labels:
         raise InputError("--convention applies to --labels (the model writes ACDC labels)")
-    vols = [read_nifti(p) for p in args.inputs]
+    vols = [read_image(p) for p in args.inputs]  # NIfTI files or DICOM series folders
     for path, vol in zip(args.inputs, vols, strict=True):
         if args.labels and not vol.is_labels:
             raise InputError(

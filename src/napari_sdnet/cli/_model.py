@@ -158,6 +158,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from napari_sdnet import api
+    from napari_sdnet.io import read_image
     from napari_sdnet.io.nifti import read_nifti
 
     if args.output.suffix != ".safetensors":
@@ -170,7 +171,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             f"napari-sdnet finetune: no --seconds/--steps given; training for {steps} steps",
             file=sys.stderr,
         )
-    image = read_nifti(args.image)
+    image = read_image(args.image)  # a NIfTI file or a DICOM series folder
     if image.is_labels:
         raise InputError(f"{args.image}: looks like a label map; --image takes the image")
     labels = read_nifti(args.labels)
