@@ -76,6 +76,20 @@ def on_device(model: Any, choice: str) -> Any:
     return Model(network=network, info=model.info, device=device, source=model.source)
 
 
+def _unless_gone(name: str) -> Callable[..., None]:
+    """A slot for the session's signals that calls the method ``name`` (no arguments) unless
+    the widget's Qt objects are gone: those signals may still fire while the viewer closes.
+    A method of the class, so psygnal holds the widget weakly as with any bound method."""
+
+    def slot(self: Any, *_: Any) -> None:
+        try:
+            getattr(self, name)()
+        except RuntimeError:  # the widget's Qt objects are gone (viewer closing)
+            pass
+
+    return slot
+
+
 class DeviceChooser:
     """The device combo and the "in use" label (added to a form by :meth:`add_rows`)."""
 
@@ -99,11 +113,7 @@ class DeviceChooser:
             raise InputError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
         self.combo.setCurrentIndex(index)
 
-    def _on_model(self, *_: Any) -> None:
-        try:
-            self.update_label()
-        except RuntimeError:  # the widget's Qt objects are gone (viewer closing)
-            pass
+    _on_model = _unless_gone("update_label")
 
     def update_label(self, *_: Any) -> None:
         from napari_sdnet.device import describe_device, resolve_device
@@ -156,11 +166,7 @@ class ModelChooser:
         row.addWidget(self.browse_button)
         form.addRow("model file", row)
 
-    def _on_models(self, *_: Any) -> None:
-        try:
-            self.refresh()
-        except RuntimeError:  # the widget's Qt objects are gone (viewer closing)
-            pass
+    _on_models = _unless_gone("refresh")
 
     def refresh(self, *_: Any) -> None:
         """List the session's fine-tuned models; choose the one in use, if it is one."""

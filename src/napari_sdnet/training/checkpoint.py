@@ -226,21 +226,39 @@ def non_finite_tensors(state: dict[str, Any]) -> list[str]:
     ]
 
 
-def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
-    """Read only the configuration of a checkpoint (no weights are loaded)."""
+def _open_safetensors(
+    path: Path, missing: str, unreadable: str, *, tensors: bool = False
+) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """The metadata of the safetensors file ``path`` (and, with ``tensors``, its tensors on
+    the CPU). :class:`CheckpointError` with ``missing`` when there is no such file, with
+    ``unreadable`` when it cannot be read; both are templates of ``{path}``, ``{name}``
+    (``path.name``) and, for ``unreadable``, ``{detail}`` (the first line of the error)."""
     from safetensors import safe_open
 
-    path = Path(path)
+    if tensors:  # safetensors.torch imports torch: only when the tensors are wanted
+        from safetensors.torch import load_file
     if not path.is_file():
-        raise CheckpointError(f"model file not found: {path}")
+        raise CheckpointError(missing.format(path=path, name=path.name))
+    loaded = None
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
+        if tensors:
+            loaded = load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error types for foreign files
-        raise CheckpointError(
-            f"{path.name} is not a napari-sdnet model (not a readable safetensors file: "
-            f"{str(exc).splitlines()[0][:120]})"
-        ) from None
+        detail = str(exc).splitlines()[0][:120]
+        raise CheckpointError(unreadable.format(path=path, name=path.name, detail=detail)) from None
+    return metadata, loaded
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
+    """Read only the configuration of a checkpoint (no weights are loaded)."""
+    path = Path(path)
+    metadata, _ = _open_safetensors(
+        path,
+        "model file not found: {path}",
+        "{name} is not a napari-sdnet model (not a readable safetensors file: {detail})",
+    )
     if metadata.get("format") == STATE_FORMAT:
         raise CheckpointError(
             f"{path.name} is a saved training state (to continue with `napari-sdnet train "
@@ -355,22 +373,15 @@ def save_train_state(path: str | os.PathLike, state: Any, recipe: dict[str, Any]
 
 def load_train_state(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """Read what :func:`save_train_state` wrote: ``(TrainState, recipe)``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     from napari_sdnet.training.trainer import TrainState
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no saved training state at {path}: nothing to resume")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path), device="cpu")
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path.name}: not a readable training state ({str(exc).splitlines()[0][:120]})"
-        ) from None
+    metadata, tensors = _open_safetensors(
+        path,
+        "no saved training state at {path}: nothing to resume",
+        "{name}: not a readable training state ({detail})",
+        tensors=True,
+    )
     if metadata.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path.name} is not a napari-sdnet training state")
     if metadata.get("format_version") != str(STATE_FORMAT_VERSION):

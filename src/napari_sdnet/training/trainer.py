@@ -312,9 +312,13 @@ class _Run:
         scaler.update()
         return True
 
-    def g_step(self, loss: torch.Tensor) -> bool:
-        """One generator update (see :meth:`update`)."""
-        return self.update(self.opt_g, self.scaler_g, loss)
+    def g_step(self, loss: torch.Tensor, losses: dict[str, float], key: str) -> bool:
+        """One generator update (see :meth:`update`); when made, ``loss`` is recorded in
+        ``losses`` under ``key``."""
+        if not self.update(self.opt_g, self.scaler_g, loss):
+            return False
+        losses[key] = loss.item()
+        return True
 
     def set_lr(self) -> None:
         """The learning rate of this iteration (cosine schedule; constant: left as it is)."""
@@ -328,6 +332,30 @@ class _Run:
         for opt in filter(None, (self.opt_g, self.opt_d)):
             for group in opt.param_groups:
                 group["lr"] = lr
+
+    @staticmethod
+    def adversarial(
+        discriminator: torch.nn.Module, fake: torch.Tensor, weight: float
+    ) -> torch.Tensor:
+        """``weight`` times the LSGAN generator loss of ``fake`` under ``discriminator``."""
+        return weight * lsgan_generator_loss(discriminator(fake))
+
+    def image_adversarial(
+        self,
+        loss: torch.Tensor,
+        recon: torch.Tensor,
+        real: torch.Tensor,
+        weight: float,
+        fake_x: list[torch.Tensor],
+        real_x: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """``loss`` plus the image adversarial term (``weight``) of the reconstruction ``recon``
+        of ``real`` when that term is used; pools the pair for :meth:`discriminator_step`."""
+        if self.use_image_adv:
+            loss = loss + self.adversarial(self.model.image_discriminator, recon, weight)
+        fake_x.append(recon.detach())
+        real_x.append(real)
+        return loss
 
     # ---------------------------------------------------------------------------- steps
     def validate(self, progress: Progress) -> bool:
@@ -386,21 +414,19 @@ class _Run:
                     mu, zu = model.decomposer(xu)
                     loss = xu.new_zeros((), dtype=torch.float32)
                     if self.use_mask_adv:
-                        adv_m = lsgan_generator_loss(model.mask_discriminator(mu))
-                        loss = loss + ramp * w.unl_adv_mask * adv_m
+                        loss = loss + self.adversarial(
+                            model.mask_discriminator, mu, ramp * w.unl_adv_mask
+                        )
                     if self.sdnet:
                         recon_u = model.reconstructor(binarise(mu), zu)
                         l1 = F.l1_loss(recon_u.float(), xu.float())
                         loss = loss + ramp * w.unl_recon * l1
-                        if self.use_image_adv:
-                            adv_x = lsgan_generator_loss(model.image_discriminator(recon_u))
-                            loss = loss + ramp * w.unl_adv_image * adv_x
+                        loss = self.image_adversarial(
+                            loss, recon_u, xu, ramp * w.unl_adv_image, fake_x, real_x
+                        )
                         losses["unl_recon_l1"] = l1.item()
-                        fake_x.append(recon_u.detach())
-                        real_x.append(xu)
-                if not self.g_step(loss):
+                if not self.g_step(loss, losses, "unlabelled"):
                     return None
-                losses["unlabelled"] = loss.item()
                 fake_m.append(mu.detach())
             # ---- generator step on a labelled batch
             xl, ml = self.batch(self.lab_x, self.lab_stream.next(), self.lab_m)
@@ -414,24 +440,20 @@ class _Run:
                     dice = structures_loss(logits, ml)
                 loss = w.dice * dice
                 if self.use_mask_adv:
-                    adv_m = lsgan_generator_loss(model.mask_discriminator(m))
-                    loss = loss + ramp * w.adv_mask * adv_m
+                    loss = loss + self.adversarial(model.mask_discriminator, m, ramp * w.adv_mask)
                 if self.sdnet:
                     recon_gt = model.reconstructor(ml, z)
                     recon = model.reconstructor(binarise(m), z)
                     l1_gt = F.l1_loss(recon_gt.float(), xl.float())
                     l1 = F.l1_loss(recon.float(), xl.float())
                     loss = loss + w.recon_gt * l1_gt + w.recon * l1
-                    if self.use_image_adv:
-                        adv_x = lsgan_generator_loss(model.image_discriminator(recon_gt))
-                        loss = loss + ramp * w.adv_image * adv_x
+                    loss = self.image_adversarial(
+                        loss, recon_gt, xl, ramp * w.adv_image, fake_x, real_x
+                    )
                     losses["recon_l1"] = l1.item()
-                    fake_x.append(recon_gt.detach())
-                    real_x.append(xl)
-            if not self.g_step(loss):
-                return None
             losses["dice_loss"] = dice.item()
-            losses["labelled"] = loss.item()
+            if not self.g_step(loss, losses, "labelled"):
+                return None
             fake_m.append(m.detach())
         finally:
             _set_requires_grad(self.d_params, True)
