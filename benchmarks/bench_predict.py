@@ -13,11 +13,18 @@ Each repeat measures, in this order and on the same threads:
 3. **the stages**: a fresh process doing what ``predict`` does with the same public functions,
    timing each stage (interpreter start-up is timed separately, as ``python -c pass``).
 
+Steps 2 and 3 run once per engine (``--engines``, default ``torch,onnx``: ``predict --engine
+torch`` and ``--engine onnx``, the ONNX Runtime engine of :mod:`napari_sdnet.onnx_engine`,
+with its graph cached in a temporary ``SDNET_CACHE_DIR``; its "load model" stage includes
+hashing the model file, importing onnxruntime and creating the session). For ONNX, each repeat
+also times a **first run** with an empty cache (the export, through torch, included).
+
 The medians over the repeats are printed as a table, with the ratio end-to-end / reference
-(``docs/benchmarks.md``, "Predict speed"). Usage::
+per engine (``docs/benchmarks.md``, "Predict speed"). Usage::
 
     .venv/bin/python benchmarks/bench_predict.py [--model bundled|PATH] [--device cpu]
         [--precision auto|fp32|bf16|fp16] [--repeats 3] [--reconstruction]
+        [--engines torch,onnx]
 
 Record the figures in docs/benchmarks.md together with the machine and load (printed).
 """
@@ -28,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -100,48 +108,61 @@ def reference_seconds(threads: int) -> float:
 
 # ------------------------------------------------------------------------- stages (child)
 def run_stages(args: argparse.Namespace) -> None:
-    """Child process: time every stage of ``predict``; prints one JSON line."""
+    """Child process: time every stage of ``predict`` on ``args.engine``; one JSON line."""
     t: dict[str, float] = {}
     clock = time.perf_counter
+    onnx = args.engine == "onnx"
     s = clock()
     import numpy as np
-    import torch
 
-    t["import torch + numpy"] = clock() - s
+    if not onnx:
+        import torch
+    t["import numpy (+ torch)"] = clock() - s
     s = clock()
-    from napari_sdnet import api
-    from napari_sdnet.inference import predict_slices, resolve_precision
     from napari_sdnet.io import read_image
     from napari_sdnet.io.nifti import write_nifti
+    from napari_sdnet.models import load_model
+    from napari_sdnet.onnx_engine import load_predictor
     from napari_sdnet.preprocess import preprocess_volume, restore_probabilities
+    from napari_sdnet.segmentation import THRESHOLD, to_acdc_labels
 
     t["import napari_sdnet"] = clock() - s
     s = clock()
     vol = read_image(args.input)
     t["read NIfTI"] = clock() - s
     s = clock()
-    model = api.load_model(args.model, args.device)
+    if onnx:
+        model = load_predictor(args.model, args.device, engine="onnx")
+    else:
+        model = load_model(args.model, args.device)
     t["load model"] = clock() - s
     s = clock()
     slices, grid = preprocess_volume(vol.data, vol.geometry.spacing, model.preprocess)
     t["preprocess"] = clock() - s
-    precision = resolve_precision(args.precision, model.device)
     # what the CLI does: its --batch-size (default 16)
     batch = args.batch_size or 16
     size = model.config.image_size
     flat = slices.reshape(-1, size, size)
     wanted = ("mask", "z") if args.reconstruction else ("mask",)
     s = clock()
-    out = predict_slices(model.network, flat, batch, precision=precision, outputs=wanted)
+    if onnx:
+        precision, threads = "fp32", os.environ.get("OMP_NUM_THREADS", "ORT default")
+        probability = np.concatenate([m for _, m in model.iter_predict(flat, batch)])
+    else:
+        from napari_sdnet.inference import predict_slices, resolve_precision
+
+        precision, threads = resolve_precision(args.precision, model.device), None
+        out = predict_slices(model.network, flat, batch, precision=precision, outputs=wanted)
+        probability = out.probability
     t["inference (networks)"] = clock() - s
     s = clock()
-    prob = restore_probabilities(out.probability.reshape(*slices.shape), grid)
-    labels = api.to_acdc_labels(prob >= api.THRESHOLD)
+    prob = restore_probabilities(probability.reshape(*slices.shape), grid)
+    labels = to_acdc_labels(prob >= THRESHOLD)
     t["restore to input grid"] = clock() - s
     s = clock()
     write_nifti(args.out, labels, vol.geometry, dtype=np.uint8, overwrite=True)
     t["write mask (.nii.gz)"] = clock() - s
-    if args.reconstruction:
+    if args.reconstruction and not onnx:
         from napari_sdnet.inference import decode_latents
         from napari_sdnet.preprocess import restore_image
 
@@ -158,8 +179,9 @@ def run_stages(args: argparse.Namespace) -> None:
         "stages": t,
         "precision": precision,
         "batch_size": batch,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads() if threads is None else threads,
         "n_slices": int(flat.shape[0]),
+        "torch imported": "torch" in sys.modules,
     }
     print(json.dumps(info))
 
@@ -170,19 +192,57 @@ def run_stages(args: argparse.Namespace) -> None:
 _CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def _timed_child(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall s, peak RSS MB, stdout) of a child process (its own peak, from ``wait4``)."""
+def _run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str, int, str]:
+    """(wall s, peak RSS MB, stdout, exit status, stderr) of a child (its peak from ``wait4``)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=_CHILD_ENV)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(cmd[:4])} ... failed: {err.read().strip()[-2000:]}")
-        return wall, usage.ru_maxrss / 1024, out.read()
+        rc = os.waitstatus_to_exitcode(status)
+        return wall, usage.ru_maxrss / 1024, out.read(), rc, err.read().strip()[-2000:]
+
+
+def _launcher() -> None:
+    """Internal (``--_launcher``): run the commands read from stdin, one JSON ``[cmd, env]`` a
+    line, answering each with a JSON line of :func:`_run_child`'s result.
+
+    The children are started from this small process because a child inherits the peak RSS of
+    the process it was forked from (Linux keeps the high-water mark across ``exec``): forked
+    from the benchmark itself (torch and the reference loaded), every child would report at
+    least the benchmark's own peak.
+    """
+    for line in sys.stdin:
+        cmd, env = json.loads(line)
+        print(json.dumps(_run_child(cmd, env)), flush=True)
+
+
+_LAUNCHER: subprocess.Popen | None = None
+
+
+def _start_launcher() -> None:
+    """Start the :func:`_launcher` process (call this before importing torch)."""
+    global _LAUNCHER
+    _LAUNCHER = subprocess.Popen(
+        [sys.executable, __file__, "--_launcher"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_CHILD_ENV,
+    )
+
+
+def _timed_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """(wall s, peak RSS MB, stdout) of a child process, run by the launcher."""
+    assert _LAUNCHER is not None and _LAUNCHER.stdin is not None and _LAUNCHER.stdout
+    _LAUNCHER.stdin.write(json.dumps([cmd, env or _CHILD_ENV]) + "\n")
+    _LAUNCHER.stdin.flush()
+    wall, peak, out, rc, err = json.loads(_LAUNCHER.stdout.readline())
+    if rc != 0:
+        sys.exit(f"{' '.join(cmd[:4])} ... failed: {err}")
+    return wall, peak, out
 
 
 def _cpu_name() -> str:
@@ -211,125 +271,165 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reconstruction", action="store_true")
+    parser.add_argument(
+        "--engines", default="torch,onnx", help="comma-separated: torch, onnx (default both)"
+    )
     parser.add_argument("--input", type=Path, default=None, help="default: the sample study")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     # internal: the stage-timing child
     parser.add_argument("--_stages", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--_launcher", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="torch", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out-recon", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._stages:
         run_stages(args)
         return
+    if args._launcher:
+        _launcher()
+        return
+    _start_launcher()  # before torch is imported here: see _launcher
 
     import torch
 
     from napari_sdnet.device import cpu_has_native_bf16
 
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not engines or set(engines) - {"torch", "onnx"}:
+        sys.exit(f"--engines: torch and/or onnx, got {args.engines!r}")
+    if args.reconstruction and "onnx" in engines:
+        sys.exit("--reconstruction runs on torch only: pass --engines torch")
     if args.input is None:
         from napari_sdnet.sample import sunnybrook_study
 
         args.input = Path(sunnybrook_study().image)
     threads = torch.get_num_threads()  # the children's default too (OMP_NUM_THREADS respected)
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = "not installed"
     print(
         f"machine: {_cpu_name()}, {os.cpu_count()} cores, native bf16: {cpu_has_native_bf16()}, "
-        f"python {platform.python_version()}, torch {torch.__version__}, {threads} threads"
+        f"python {platform.python_version()}, torch {torch.__version__}, onnxruntime "
+        f"{ort_version}, {threads} threads"
     )
     print(
         f"input: {args.input}; model {args.model}, device {args.device}, "
-        f"precision {args.precision}; {_load()}"
+        f"precision {args.precision}, engines {', '.join(engines)}; {_load()}"
     )
     rows: list[dict[str, float]] = []
-    info: dict = {}
+    infos: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "mask.nii.gz"
         recon = Path(tmp) / "recon.nii.gz"
-        cli = [
-            sys.executable,
-            "-m",
-            "napari_sdnet.cli",
-            "predict",
-            str(args.input),
-            "-o",
-            str(out),
-            "--model",
-            args.model,
-            "--device",
-            args.device,
-            "--precision",
-            args.precision,
-            "--overwrite",
-        ]
-        if args.batch_size:
-            cli += ["--batch-size", str(args.batch_size)]
-        if args.reconstruction:
-            cli += ["--reconstruction", str(recon)]
-        stages_cmd = [
-            sys.executable,
-            __file__,
-            "--_stages",
-            "--input",
-            str(args.input),
-            "--model",
-            args.model,
-            "--device",
-            args.device,
-            "--precision",
-            args.precision,
-            "--out",
-            str(out),
-            "--out-recon",
-            str(recon),
-        ]
-        if args.batch_size:
-            stages_cmd += ["--batch-size", str(args.batch_size)]
-        if args.reconstruction:
-            stages_cmd += ["--reconstruction"]
-        _timed_child(cli)  # warm-up, not timed: bytecode and file caches as in normal use
+        cache = Path(tmp) / "cache"  # the ONNX engine's cache: kept between warm runs
+        cold_cache = Path(tmp) / "cold-cache"  # emptied before every first-run measurement
+        env = {**_CHILD_ENV, "SDNET_CACHE_DIR": str(cache)}
+        cold_env = {**_CHILD_ENV, "SDNET_CACHE_DIR": str(cold_cache)}
+        common = ["--model", args.model, "--device", args.device, "--precision", args.precision]
+        common += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+
+        def cli(engine: str) -> list[str]:
+            cmd = [sys.executable, "-m", "napari_sdnet.cli", "predict", str(args.input)]
+            cmd += ["-o", str(out), *common, "--engine", engine, "--overwrite"]
+            return cmd + (["--reconstruction", str(recon)] if args.reconstruction else [])
+
+        def stages_cmd(engine: str) -> list[str]:
+            cmd = [sys.executable, __file__, "--_stages", "--input", str(args.input), *common]
+            cmd += ["--engine", engine, "--out", str(out), "--out-recon", str(recon)]
+            return cmd + (["--reconstruction"] if args.reconstruction else [])
+
+        for engine in engines:  # warm-up, not timed: bytecode, file caches, the ONNX cache
+            _timed_child(cli(engine), env)
         for i in range(args.repeats):
             row: dict[str, float] = {}
             load_before = _load()
             row["reference"] = reference_seconds(threads)
-            row["end to end"], row["peak MB"], _ = _timed_child(cli)
+            for engine in engines:
+                wall, peak, _ = _timed_child(cli(engine), env)
+                row[f"{engine}: end to end"], row[f"{engine}: peak MB"] = wall, peak
+            if "onnx" in engines:
+                shutil.rmtree(cold_cache, ignore_errors=True)
+                wall, peak, _ = _timed_child(cli("onnx"), cold_env)
+                row["onnx: first run (export)"], row["onnx: first run peak MB"] = wall, peak
             row["python start-up"], _, _ = _timed_child([sys.executable, "-c", "pass"])
-            _, _, text = _timed_child(stages_cmd)
-            info = json.loads(text.strip().splitlines()[-1])
-            row.update(info["stages"])
-            row["ratio"] = row["end to end"] / row["reference"]
+            for engine in engines:
+                _, _, text = _timed_child(stages_cmd(engine), env)
+                infos[engine] = json.loads(text.strip().splitlines()[-1])
+                row.update({f"{engine}: {k}": v for k, v in infos[engine]["stages"].items()})
+                row[f"{engine}: ratio"] = row[f"{engine}: end to end"] / row["reference"]
             rows.append(row)
             print(
-                f"repeat {i + 1}: reference {row['reference']:.2f} s, end to end "
-                f"{row['end to end']:.2f} s, ratio {row['ratio']:.2f}, inference "
-                f"{row['inference (networks)']:.2f} s, peak {row['peak MB']:.0f} MB "
-                f"({load_before})",
+                f"repeat {i + 1}: reference {row['reference']:.2f} s; "
+                + "; ".join(
+                    f"{e}: end to end {row[f'{e}: end to end']:.2f} s, ratio "
+                    f"{row[f'{e}: ratio']:.2f}, inference "
+                    f"{row[f'{e}: inference (networks)']:.2f} s, peak "
+                    f"{row[f'{e}: peak MB']:.0f} MB"
+                    for e in engines
+                )
+                + (
+                    f"; onnx first run {row['onnx: first run (export)']:.2f} s"
+                    if "onnx" in engines
+                    else ""
+                )
+                + f" ({load_before})",
                 flush=True,
             )
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
-    n = info.get("n_slices", N_SLICES)
-    print(
-        f"\nmedian of {len(rows)} (precision {info.get('precision')}, batch "
-        f"{info.get('batch_size')}, {info.get('threads')} threads; {_load()} at the end)\n"
-    )
-    print("| stage | seconds |")
-    print("|---|---|")
-    skip = {"reference", "end to end", "peak MB", "ratio"}
-    for key in rows[0]:
-        if key not in skip:
-            extra = f" ({n / med(key):.0f} slices/s)" if key == "inference (networks)" else ""
-            print(f"| {key} | {med(key):.3f}{extra} |")
-    print(f"| **end to end (`napari-sdnet predict`)** | **{med('end to end'):.2f}** |")
+    first = infos[engines[0]]
+    n = first.get("n_slices", N_SLICES)
+    print(f"\nmedian of {len(rows)} ({_load()} at the end)")
+    for engine in engines:
+        info = infos[engine]
+        print(
+            f"  {engine}: precision {info.get('precision')}, batch {info.get('batch_size')}, "
+            f"threads {info.get('threads')}, torch imported: {info.get('torch imported')}"
+        )
+    print("\n| stage | " + " | ".join(engines) + " |")
+    print("|---|" + "---|" * len(engines))
+    startup = f"{med('python start-up'):.3f}"
+    print("| python start-up | " + " | ".join(startup for _ in engines) + " |")
+    for stage in infos[engines[0]]["stages"]:
+        cells = []
+        for engine in engines:
+            key = f"{engine}: {stage}"
+            if key not in rows[0]:
+                cells.append("-")
+                continue
+            extra = f" ({n / med(key):.0f} slices/s)" if stage == "inference (networks)" else ""
+            cells.append(f"{med(key):.3f}{extra}")
+        print(f"| {stage} | " + " | ".join(cells) + " |")
+    cells = " | ".join(f"**{med(f'{e}: end to end'):.2f}**" for e in engines)
+    print(f"| **end to end (`napari-sdnet predict --engine ...`)** | {cells} |")
+    if "onnx" in engines:
+        cells = " | ".join(
+            f"{med('onnx: first run (export)'):.2f}" if e == "onnx" else "-" for e in engines
+        )
+        print(f"| first run, empty cache (export included) | {cells} |")
+    cells = " | ".join(f"{max(r[f'{e}: peak MB'] for r in rows):.0f}" for e in engines)
+    print(f"| peak RSS of predict (MB, max) | {cells} |")
     print(f"| reference: plain U-Net fp32 NCHW forward, 240 slices | {med('reference'):.2f} |")
-    ratios = ", ".join(f"{r['ratio']:.2f}" for r in rows)
-    print(
-        f"\nratio end to end / reference: median {med('ratio'):.2f} "
-        f"(per repeat: {ratios}); peak RSS of predict "
-        f"{max(r['peak MB'] for r in rows):.0f} MB"
-    )
+    for engine in engines:
+        ratios = ", ".join(f"{r[f'{engine}: ratio']:.2f}" for r in rows)
+        print(
+            f"\n{engine}: ratio end to end / reference: median {med(f'{engine}: ratio'):.2f} "
+            f"(per repeat: {ratios})"
+        )
+    if "onnx" in engines:
+        print(
+            f"onnx first run (empty cache): {med('onnx: first run (export)'):.2f} s, ratio "
+            f"{statistics.median(r['onnx: first run (export)'] / r['reference'] for r in rows):.2f}"
+            f", peak {max(r['onnx: first run peak MB'] for r in rows):.0f} MB"
+        )
     if args.json is not None:
-        args.json.write_text(json.dumps({"rows": rows, "info": info}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"rows": rows, "info": infos}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

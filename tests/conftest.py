@@ -7,10 +7,13 @@ user's fresh clone. ``SDNET_SHARED_DATA`` points elsewhere if needed.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,6 +64,10 @@ def sunnybrook(shared_data: Path) -> Path:
 # CLI subprocess, a second job), which is normal during a test run on 2 cores. The environment
 # variable reaches the CLI subprocesses that some tests start.
 os.environ["OMP_NUM_THREADS"] = "1"
+# The ONNX Runtime engine of `predict` caches exported graphs: keep the tests' out of the
+# user's ~/.cache (the variable reaches the CLI subprocesses too).
+os.environ["SDNET_CACHE_DIR"] = tempfile.mkdtemp(prefix="sdnet-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SDNET_CACHE_DIR"], True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -84,6 +91,21 @@ def tiny_model_file(tmp_path_factory) -> str:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     api.Model.from_network(SDNet("tiny").eval()).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def three_model_file(tmp_path_factory) -> str:
+    """An untrained ``tiny`` SDNet of three structures (RV cavity, myocardium, LV cavity)."""
+    import torch
+
+    from napari_sdnet import api
+    from napari_sdnet.model import SDNet, get_preset
+
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("three") / "three.safetensors"
+    net = SDNet(get_preset("tiny").replace(structures=("rv", "myocardium", "lv"))).eval()
+    api.Model.from_network(net).save(path)
     return str(path)
 
 

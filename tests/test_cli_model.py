@@ -83,8 +83,12 @@ def test_predict_matches_the_api(files, tmp_path):
 
     data = np.asarray(nib.load(out).dataobj)
     assert set(np.unique(data)) <= {0, 1}
+    from napari_sdnet.onnx_engine import load_predictor
+
     vol = read_nifti(files["image4"])
-    seg = api.segment(api.load_model(files["model"], "cpu"), vol.data, vol.geometry.spacing)
+    # the model on the engine predict picks (--engine auto: ONNX Runtime fp32 when available)
+    model = load_predictor(files["model"], "cpu")
+    seg = api.segment(model, vol.data, vol.geometry.spacing, latents=False)
     assert np.array_equal(read_nifti(out).data, seg.mask)
 
 

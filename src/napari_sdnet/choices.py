@@ -25,3 +25,5 @@ ACDC_LABELS = {"rv": 1, "myocardium": 2, "lv": 3}
 STRUCTURE_NAMES = {"rv": "RV cavity", "myocardium": "myocardium", "lv": "LV cavity"}
 #: What ``train --structures`` offers: the paper's myocardium alone, or all three.
 STRUCTURE_SETS = {"myocardium": ("myocardium",), "all": STRUCTURES}
+#: Inference engines of ``napari-sdnet predict`` (:func:`napari_sdnet.onnx_engine.choose_engine`).
+ENGINES = ("auto", "torch", "onnx")

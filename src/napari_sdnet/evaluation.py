@@ -17,13 +17,12 @@ from napari_sdnet.errors import InputError
 from napari_sdnet.generators import run
 from napari_sdnet.io.slices import MYOCARDIUM
 from napari_sdnet.models import Model, _as_model
-from napari_sdnet.preprocess import PreprocessConfig, restore_probabilities
+from napari_sdnet.preprocess import PreprocessConfig
 from napari_sdnet.segmentation import (
     ProgressCallback,
     _check_batch_size,
-    _native_mask,
     _predict_iter,
-    structure_labels,
+    native_outputs,
 )
 
 if TYPE_CHECKING:
@@ -238,13 +237,8 @@ def evaluate(
         else:
             prob = run(_predict_iter(model, rec.slices, batch_size))[0]
             structures = model.config.structures
-            if len(structures) == 1:
-                pred = _native_mask(restore_probabilities(prob, rec.grid)).astype(bool)
-                label_map = None
-            else:
-                per_structure = restore_probabilities(np.moveaxis(prob, 1, 0), rec.grid)
-                label_map = structure_labels(per_structure, structures)
-                pred = label_map == MYOCARDIUM
+            _, mask, label_map = native_outputs(prob, rec.grid, structures)
+            pred = mask.astype(bool)
             gt = np.asarray(rec.labels) == MYOCARDIUM
             entry: dict[str, Any] = {
                 "volume_id": rec.volume_id,

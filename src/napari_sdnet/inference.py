@@ -45,6 +45,7 @@ __all__ = [
     "default_batch_size",
     "inference_copy",
     "iter_predict",
+    "mask_path",
     "predict_slices",
     "resolve_precision",
 ]
@@ -243,6 +244,24 @@ def inference_copy(model: SDNet, channels_last: bool | None = None) -> _Inferenc
         with _CACHE_LOCK:
             _CACHE[model] = (key, nets)
     return nets
+
+
+class _MaskPath(nn.Module):
+    """image (B, 1, S, S) -> soft mask M (B, C, S, S), fp32: what :func:`iter_predict` computes
+    for ``outputs=("mask",)`` (no Z head, no reconstructor)."""
+
+    def __init__(self, nets: _InferenceNets) -> None:
+        super().__init__()
+        self.nets = nets
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nets.decompose(x, with_z=False)[0]
+
+
+def mask_path(model: SDNet) -> nn.Module:
+    """The mask path of ``model``'s inference copy (BatchNorm folded, NCHW) as one module:
+    what the ONNX Runtime engine exports (:mod:`napari_sdnet.onnx_engine`)."""
+    return _MaskPath(inference_copy(model, channels_last=False)).eval()
 
 
 # ------------------------------------------------------------------------------- transfers

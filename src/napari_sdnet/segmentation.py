@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import InitVar, dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from napari_sdnet.choices import ACDC_LABELS
 from napari_sdnet.errors import InputError
 from napari_sdnet.io.slices import MYOCARDIUM
 from napari_sdnet.models import Model, _as_model
+from napari_sdnet.onnx_engine import DEFAULT_BATCH_SIZE as ONNX_BATCH_SIZE
+from napari_sdnet.onnx_engine import OnnxModel
+from napari_sdnet.postprocess import largest_components
 from napari_sdnet.preprocess import (
     PreprocessConfig,
     SliceGrid,
@@ -26,9 +29,6 @@ from napari_sdnet.preprocess import (
     restore_image,
     restore_probabilities,
 )
-
-if TYPE_CHECKING:
-    pass
 
 #: A pixel is myocardium when its (restored) probability is at least this.
 THRESHOLD = 0.5
@@ -225,7 +225,7 @@ def _check_batch_size(batch_size: Any) -> int:
 
 
 def _predict_iter(
-    model: Model,
+    model: Model | OnnxModel,
     slices: np.ndarray,
     batch_size: int | None,
     *,
@@ -240,10 +240,9 @@ def _predict_iter(
     reconstruction (N, S, S))``, each None
     unless named in ``outputs`` (``mask``, ``z``, ``reconstruction``; default: the mask only).
     The default precision is :func:`segment`'s, so that :func:`evaluate` scores what
-    :func:`segment` (and ``napari-sdnet predict``) return.
+    :func:`segment` (and ``napari-sdnet predict``) return. An :class:`OnnxModel` computes the
+    mask only (fp32).
     """
-    from napari_sdnet.inference import iter_predict
-
     n = len(slices)
     size = model.config.image_size
     channels = model.config.n_structures
@@ -255,17 +254,21 @@ def _predict_iter(
     arrays = {k: np.empty(shapes[k], np.float32) for k in outputs}
     start = 0
     yield 0, n
-    gen = iter_predict(
-        model.network, slices, batch_size=batch_size, precision=precision, outputs=outputs
-    )
-    for done, out in gen:
-        for key, value in (
-            ("mask", out.probability),
-            ("z", out.z),
-            ("reconstruction", out.reconstruction),
-        ):
-            if key in arrays:
-                arrays[key][start:done] = value
+    if isinstance(model, OnnxModel):
+        batches = ((done, {"mask": mask}) for done, mask in model.iter_predict(slices, batch_size))
+    else:
+        from napari_sdnet.inference import iter_predict
+
+        gen = iter_predict(
+            model.network, slices, batch_size=batch_size, precision=precision, outputs=outputs
+        )
+        batches = (
+            (done, {"mask": out.probability, "z": out.z, "reconstruction": out.reconstruction})
+            for done, out in gen
+        )
+    for done, values in batches:
+        for key in arrays:
+            arrays[key][start:done] = values[key]
         start = done
         yield done, n
     return arrays.get("mask"), arrays.get("z"), arrays.get("reconstruction")
@@ -282,13 +285,63 @@ def structure_labels(probabilities: np.ndarray, structures: Sequence[str]) -> np
     return values[winner]
 
 
+def structure_masks(labels: Any, structures: Sequence[str]) -> np.ndarray:
+    """One binary channel per structure, float32 ``(..., C, H, W)``, from an ACDC label map
+    ``(..., H, W)``: the M that :func:`reconstruct` takes for a model of ``structures``."""
+    lab = np.asarray(labels)
+    return np.stack([lab == ACDC_LABELS[s] for s in structures], axis=-3).astype(np.float32)
+
+
 def _native_mask(probability: np.ndarray) -> np.ndarray:
     """The hard myocardium mask (uint8 0/1) from restored probabilities (one rule everywhere)."""
     return (probability >= THRESHOLD).astype(np.uint8)
 
 
+def native_outputs(
+    model_prob: np.ndarray, grid: SliceGrid, structures: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(probability, mask, label_map)`` on the input grid from the soft masks on the model
+    grid, ``(..., S, S)`` or ``(..., C, S, S)`` for C structures: the myocardium's restored
+    probability, its hard mask (uint8) and, for several structures, the ACDC label map with one
+    connected component per structure and volume (:mod:`napari_sdnet.postprocess`). The one
+    rule of :func:`segment` and :func:`napari_sdnet.evaluation.evaluate`."""
+    if len(structures) == 1:
+        probability = restore_probabilities(model_prob, grid)
+        return probability, _native_mask(probability), None
+    # channels first while restoring: every (t, z) slice shares the grid
+    per_structure = restore_probabilities(np.moveaxis(model_prob, -3, 0), grid)
+    label_map = largest_components(
+        structure_labels(per_structure, structures), [ACDC_LABELS[s] for s in structures]
+    )
+    probability = per_structure[list(structures).index("myocardium")]
+    return probability, (label_map == MYOCARDIUM).astype(np.uint8), label_map
+
+
+def _run_settings(
+    model: Model | OnnxModel, precision: str, batch_size: int | None, latents: bool
+) -> tuple[str, int]:
+    """The precision and batch size a segmentation of ``model`` runs with."""
+    if isinstance(model, OnnxModel):
+        if latents:
+            raise InputError(
+                "the ONNX Runtime engine computes masks only: segment with latents=False, or "
+                "load the model with engine='torch' for Z and reconstructions"
+            )
+        if str(precision or "auto").strip().lower() not in ("auto", "fp32"):
+            raise InputError(f"the ONNX Runtime engine runs in fp32, not {precision}")
+        return model.precision, _check_batch_size(
+            ONNX_BATCH_SIZE if batch_size is None else batch_size
+        )
+    from napari_sdnet.inference import default_batch_size, resolve_precision
+
+    used_precision = resolve_precision(precision, model.device)
+    if batch_size is None:
+        batch_size = default_batch_size(model.device, used_precision)
+    return used_precision, _check_batch_size(batch_size)
+
+
 def segment_iter(
-    model: Model,
+    model: Model | OnnxModel,
     image: Any,
     spacing: Sequence[float] | None = None,
     *,
@@ -302,14 +355,10 @@ def segment_iter(
     result (it is also the generator's return value). :func:`segment` drives it to the end.
     Arguments as :func:`segment`.
     """
-    from napari_sdnet.inference import default_batch_size, resolve_precision
-
-    model = _as_model(model)
+    if not isinstance(model, OnnxModel):
+        model = _as_model(model)
     arr = _check_image(image)
-    used_precision = resolve_precision(precision, model.device)
-    if batch_size is None:
-        batch_size = default_batch_size(model.device, used_precision)
-    batch_size = _check_batch_size(batch_size)
+    used_precision, batch_size = _run_settings(model, precision, batch_size, latents)
     in_plane, assumed = _resolve_spacing(spacing, arr.ndim, model.preprocess)
     # one normalisation for the whole array: a 4D study shares one intensity scale (as training)
     slices, grid = preprocess_volume(arr, in_plane, model.preprocess)
@@ -335,17 +384,9 @@ def segment_iter(
             return recon.reshape(*lead, size, size)
 
     structures = model.config.structures
-    if len(structures) == 1:
-        model_prob = prob.reshape(*lead, size, size)
-        probability = restore_probabilities(model_prob, grid)
-        mask, label_map = _native_mask(probability), None
-    else:
-        model_prob = prob.reshape(*lead, len(structures), size, size)
-        # channels first while restoring: every (t, z) slice shares the grid
-        per_structure = restore_probabilities(np.moveaxis(model_prob, -3, 0), grid)
-        label_map = structure_labels(per_structure, structures)
-        probability = per_structure[structures.index("myocardium")]
-        mask = (label_map == MYOCARDIUM).astype(np.uint8)
+    channels = () if len(structures) == 1 else (len(structures),)
+    model_prob = prob.reshape(*lead, *channels, size, size)
+    probability, mask, label_map = native_outputs(model_prob, grid, structures)
     result = Segmentation(
         mask=mask,
         probability=probability,
@@ -367,7 +408,7 @@ def segment_iter(
 
 
 def segment(
-    model: Model,
+    model: Model | OnnxModel,
     image: Any,
     spacing: Sequence[float] | None = None,
     *,
@@ -379,7 +420,9 @@ def segment(
     """Segment the myocardium in a 2D, 3D or 4D image.
 
     Args:
-        model: from :func:`load_model`.
+        model: from :func:`load_model`, or from
+            :func:`napari_sdnet.onnx_engine.load_predictor` (an :class:`OnnxModel` segments
+            in fp32 on ONNX Runtime, masks only: pass ``latents=False``).
         image: ``(y, x)``, ``(z, y, x)`` or ``(t, z, y, x)`` intensities (any real dtype). The
             whole array is normalised at once (a 4D study shares one intensity scale, as in
             training), every 2D slice is resampled to the model's pixel size and centre
@@ -437,6 +480,9 @@ def reconstruct(
             rounds them), shape ``(..., S, S)`` on the model grid, or ``(..., H, W)`` on an
             original grid when ``grid`` or ``spacing`` is given (then resampled to the model grid
             with the same rule as the training masks). For ACDC labels pass ``labels == 2``.
+            A model of several structures takes one channel per structure, ``(..., C, S, S)``
+            in ``model.config.structures`` order (:func:`structure_masks` makes them from
+            ACDC labels).
         z: latent vector(s) ``(..., z_dim)``. The leading axes of ``mask`` and ``z`` broadcast
             against each other: one mask with many Z, or one Z for many masks.
         spacing: in-plane ``(sy, sx)`` (or per axis) of an original-grid mask.
@@ -498,15 +544,23 @@ def reconstruct(
             f"mask has in-plane shape {m.shape[-2:]}, not the model grid ({size}, {size}); "
             "pass grid= (e.g. Segmentation.grid) or spacing= for a mask on an original grid"
         )
+    channels = model.config.n_structures
+    if channels > 1 and (m.ndim < 3 or m.shape[-3] != channels):
+        raise InputError(
+            f"this model's M has {channels} channels ({', '.join(model.config.structures)}): "
+            f"pass masks of shape (..., {channels}, H, W); got {m.shape}"
+        )
+    mask_lead = m.shape[:-3] if channels > 1 else m.shape[:-2]
+    per_slice = (channels, size, size) if channels > 1 else (size, size)
     try:
-        lead = np.broadcast_shapes(m.shape[:-2], zz.shape[:-1])
+        lead = np.broadcast_shapes(mask_lead, zz.shape[:-1])
     except ValueError:
         raise InputError(
-            f"mask leading shape {m.shape[:-2]} and Z leading shape {zz.shape[:-1]} do not "
+            f"mask leading shape {mask_lead} and Z leading shape {zz.shape[:-1]} do not "
             "broadcast"
         ) from None
     # copies: torch refuses read-only (broadcast) arrays
-    m_flat = np.array(np.broadcast_to(m, (*lead, size, size)).reshape(-1, size, size))
+    m_flat = np.array(np.broadcast_to(m, (*lead, *per_slice)).reshape(-1, *per_slice))
     z_flat = np.array(np.broadcast_to(zz, (*lead, z_dim)).reshape(-1, z_dim))
     out = decode_latents(model.network, m_flat, z_flat, batch_size=batch_size, precision=precision)
     out = out.reshape(*lead, size, size)

@@ -21,14 +21,25 @@ from napari_sdnet.cli._common import (
 from napari_sdnet.device import DEVICE_CHOICES
 from napari_sdnet.errors import InputError
 
+#: ``predict --engine`` (the rule: napari_sdnet.onnx_engine.choose_engine)
+ENGINE_HELP = (
+    "inference engine (default auto: ONNX Runtime, fp32, when only the mask is wanted on the "
+    "CPU at precision auto/fp32 and onnxruntime is installed; the model is exported once to "
+    "$SDNET_CACHE_DIR/onnx, default ~/.cache/napari-sdnet/onnx, and later runs do not import "
+    "torch; torch otherwise: --reconstruction, GPUs, bf16/fp16, or an unwritable cache)"
+)
+
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_sdnet import api
     from napari_sdnet.io import read_image
     from napari_sdnet.io.nifti import write_nifti
+    from napari_sdnet.onnx_engine import OnnxModel, load_predictor
+    from napari_sdnet.segmentation import segment, to_acdc_labels
 
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
     outputs = [args.output] + ([args.reconstruction] if args.reconstruction else [])
     for out in outputs:
         _check_nifti_output(out, args.overwrite)
@@ -55,22 +66,34 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"{args.input}: --dicom-seg needs a DICOM series as input (a folder or .dcm file); "
             "a DICOM SEG must reference its source images"
         )
-    model = api.load_model(args.model, args.device)
+    # Z only feeds the reconstruction here; the mask alone may run on ONNX Runtime (no torch)
+    model = load_predictor(
+        args.model,
+        args.device,
+        engine=args.engine,
+        outputs=("mask", "z") if args.reconstruction else ("mask",),
+        precision=args.precision,
+        threads=args.threads,
+    )
+    if args.threads is not None and not isinstance(model, OnnxModel):
+        import torch
+
+        torch.set_num_threads(args.threads)
     with _progress_bar("segmenting", "slice") as progress:
-        seg = api.segment(
+        seg = segment(
             model,
             image,
             vol.geometry.spacing,
             batch_size=args.batch_size,
             progress=progress,
             precision=args.precision,
-            latents=args.reconstruction is not None,  # Z only feeds the reconstruction here
+            latents=args.reconstruction is not None,
         )
     several = len(seg.structures) > 1
     if args.binary:
         labels, what = seg.mask, "myocardium = 1"
     elif args.myocardium_only or not several:
-        labels, what = api.to_acdc_labels(seg.mask), "myocardium = 2"
+        labels, what = to_acdc_labels(seg.mask), "myocardium = 2"
     else:
         labels, what = seg.labels(), "ACDC labels: 1 RV cavity, 2 myocardium, 3 LV cavity"
     if not several and not args.binary:
@@ -100,7 +123,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     elif args.dicom_seg is not None:
         from napari_sdnet.io.seg import write_dicom_seg
 
-        seg_labels = api.to_acdc_labels(seg.mask) if args.myocardium_only else seg.labels()
+        seg_labels = to_acdc_labels(seg.mask) if args.myocardium_only else seg.labels()
         write_dicom_seg(args.dicom_seg, seg_labels, dicom, overwrite=args.overwrite)
         names = {1: "RV cavity", 2: "Myocardium", 3: "LV cavity"}
         present = [names[v] for v in (1, 2, 3) if np.any(seg_labels == v)]
@@ -306,6 +329,13 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="inference precision (default auto: bf16 on CPUs with native bf16, fp16 on CUDA, "
         "else fp32; masks agree with fp32 at Dice >= 0.995)",
+    )
+    p.add_argument("--engine", choices=choices.ENGINES, default="auto", help=ENGINE_HELP)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for inference (default: OMP_NUM_THREADS, else the physical cores)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _COMMANDS["predict"] = _with_one_line_warnings("predict", _cmd_predict)
