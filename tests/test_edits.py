@@ -109,3 +109,19 @@ def test_training_labels_keep_only_the_myocardium_of_listed_slices():
     none = training_labels(mask, [(1, 1)], 2)
     assert "no edited slice has any myocardium" in none.problem()
     assert "no edited slice" in training_labels(mask, [], 2).problem()
+
+
+def test_training_labels_of_a_three_structure_model_keep_every_structure():
+    mask = _mask()
+    mask[0, 0, 0, 0] = 3
+    mask[0, 0, 0, 1] = 1
+    mask[0, 0, 0, 2] = 5  # not a structure of the model
+    mask[1, 1] = 0
+    mask[1, 1, 4, 4] = 3  # only an LV cavity pixel: still a labelled slice
+    found = training_labels(mask, [(0, 0), (1, 1)], (1, 2, 3))
+    assert set(np.unique(found.labels[0, 0])) == {0, 1, 2, 3}
+    assert found.labels[1, 1].sum() == 3 and found.empty == [] and found.other_values == [5]
+    assert found.problem() == ""
+    assert "RV cavity, myocardium or LV cavity (labels 1, 2, 3)" in found.warnings()[0]
+    none = training_labels(np.zeros_like(mask), [(1, 1)], (1, 2, 3))
+    assert "no edited slice has any RV cavity, myocardium or LV cavity" in none.problem()

@@ -2,7 +2,8 @@
 
 The bundled model on the bundled Sunnybrook sample study (a real CC0 study, in the package):
 g(M_i, Z_i) is the segmentation's reconstruction, g(0, Z_i) differs from it mostly inside the
-myocardium, and g(M_j, Z_i) moves the myocardium to where M_j is. One torch thread (conftest).
+anatomy M holds (the myocardium; with a three-structure M also the cavities), and g(M_j, Z_i)
+moves the myocardium to where M_j is. One torch thread (conftest).
 """
 
 from __future__ import annotations
@@ -40,9 +41,27 @@ def seg4d(model, study):
     return api.segment(model, study.data[[0, 8], 3:9], study.geometry.spacing)
 
 
+def _myocardium(s: latent.LatentSlice) -> np.ndarray:
+    """The myocardium g sees in a slice's M (bool (S, S)), for one channel or several."""
+    hard = s.hard_mask
+    return hard if hard.ndim == 2 else hard[s.structures.index("myocardium")]
+
+
+def _anatomy(s: latent.LatentSlice) -> np.ndarray:
+    """Everything M holds (bool (S, S)): the myocardium, or the union of the structures."""
+    hard = s.hard_mask
+    return hard if hard.ndim == 2 else hard.any(axis=0)
+
+
 def _good_slices(seg) -> list[int]:
-    areas = (seg.model_mask > 0.5).sum(axis=(-2, -1))
+    areas = [_myocardium(latent.latent_slice(seg, i)).sum() for i in range(len(seg.z))]
     return [i for i in range(len(areas)) if areas[i] >= MIN_AREA]
+
+
+def _tolerance(seg) -> float:
+    """bfloat16 (``auto`` on CPUs with native bf16) rounds g(M, Z) to about 8 bits, and by how
+    much depends on the batch it runs in: one slice alone vs the whole study."""
+    return 1e-4 if seg.precision == "fp32" else 0.03
 
 
 def test_bundled_model_finds_the_myocardium_on_most_slices(seg):
@@ -52,19 +71,23 @@ def test_bundled_model_finds_the_myocardium_on_most_slices(seg):
 
 # ----------------------------------------------------------------------------- identity
 def test_own_mask_and_z_give_the_segmentation_reconstruction(model, seg):
+    tol = _tolerance(seg)
     for idx in latent.slice_indices(seg):
         s = latent.latent_slice(seg, idx)
-        np.testing.assert_allclose(latent.mix(model, s, s.z), s.reconstruction, atol=1e-4)
+        np.testing.assert_allclose(latent.mix(model, s, s.z), s.reconstruction, atol=tol)
         np.testing.assert_allclose(
-            latent.mix(model, s, s), seg.model_reconstruction[idx], atol=1e-4
+            latent.mix(model, s, s), seg.model_reconstruction[idx], atol=tol
         )
     i = 5
     # on the input grid, in both intensity scales
     on_input = api.mix_slices(model, seg, i, i, on_input_grid=True)
     assert on_input.shape == (144, 144)
-    np.testing.assert_allclose(on_input, seg.reconstruction[i], atol=1e-4)
+    np.testing.assert_allclose(on_input, seg.reconstruction[i], atol=tol)
     intensity = api.mix_slices(model, seg, i, i, on_input_grid=True, denormalise=True)
-    np.testing.assert_allclose(intensity, seg.reconstruction_intensity[i], rtol=1e-4, atol=1e-3)
+    scale = float(np.ptp(seg.reconstruction_intensity[i])) / 2  # [-1, 1] -> the image's units
+    np.testing.assert_allclose(
+        intensity, seg.reconstruction_intensity[i], rtol=1e-4, atol=max(1e-3, tol * scale)
+    )
     s = latent.latent_slice(seg, i)
     np.testing.assert_array_equal(latent.mix(model, s, s.z, grid=seg.grid), on_input)
 
@@ -76,7 +99,7 @@ def test_four_d_indices_and_mixing_across_phases(model, seg4d):
     assert s.index == (1, 2) and s.label == "t=1, z=2"
     np.testing.assert_array_equal(s.z, seg4d.z[1, 2])
     np.testing.assert_allclose(
-        latent.mix(model, s, s.z), seg4d.model_reconstruction[1, 2], atol=1e-4
+        latent.mix(model, s, s.z), seg4d.model_reconstruction[1, 2], atol=_tolerance(seg4d)
     )
     # the anatomy of phase 1 with the Z of phase 0 (same slice) is a new image
     other = api.mix_slices(model, seg4d, (1, 2), (0, 2))
@@ -85,7 +108,7 @@ def test_four_d_indices_and_mixing_across_phases(model, seg4d):
 
 
 # ------------------------------------------------------------------------------ null mask
-def test_null_mask_changes_mostly_the_myocardium(model, seg):
+def test_null_mask_changes_mostly_the_anatomy_of_m(model, seg):
     good = _good_slices(seg)
     ratios = []
     for i in good:
@@ -94,7 +117,7 @@ def test_null_mask_changes_mostly_the_myocardium(model, seg):
         null = latent.mix(model, None, s.z)
         np.testing.assert_array_equal(null, api.mix_slices(model, seg, i, i, null_mask=True))
         diff = np.abs(full - null)
-        inside = s.hard_mask
+        inside = _anatomy(s)
         ratios.append(diff[inside].mean() / diff[~inside].mean())
     assert min(ratios) >= 3.0, ratios
 
@@ -106,18 +129,20 @@ def test_swapping_masks_moves_the_myocardium(model, seg, i, j):
     moved = latent.mix(model, b, a.z)  # g(M_j, Z_i)
     own = latent.mix(model, a, a.z)  # g(M_i, Z_i)
     null = latent.mix(model, None, a.z)  # g(0, Z_i)
-    changed = a.hard_mask ^ b.hard_mask
+    # where the two masks disagree (any structure of a several-structure M)
+    changed = (a.hard_mask ^ b.hard_mask).reshape(-1, *a.image.shape).any(axis=0)
     assert changed.sum() >= 100
     # what changes is where the two masks disagree ...
     diff = np.abs(moved - own)
     assert diff[changed].mean() >= 3 * diff[~changed].mean()
-    # ... and the myocardium is drawn where M_j is (relative to the same Z without any mask)
+    # ... and the anatomy is drawn where M_j is (relative to the same Z without any mask)
     drawn = np.abs(moved - null)
-    assert drawn[b.hard_mask].mean() >= 3 * drawn[~b.hard_mask].mean()
-    # inside M_j but outside M_i, g(M_j, Z_i) looks like the myocardium of g(M_i, Z_i)
-    new_myo = b.hard_mask & ~a.hard_mask
+    assert drawn[_anatomy(b)].mean() >= 3 * drawn[~_anatomy(b)].mean()
+    # inside M_j's myocardium but outside M_i's, g(M_j, Z_i) looks like the myocardium of
+    # g(M_i, Z_i)
+    new_myo = _myocardium(b) & ~_myocardium(a)
     assert new_myo.sum() >= 20
-    own_myo = own[a.hard_mask].mean()
+    own_myo = own[_myocardium(a)].mean()
     assert abs(moved[new_myo].mean() - own_myo) < abs(own[new_myo].mean() - own_myo)
 
 
@@ -160,8 +185,10 @@ def test_figure3_panels_and_png(model, seg, tmp_path):
     a, b = latent.latent_slice(seg, 3), latent.latent_slice(seg, 8)
     for row, (own, other) in enumerate(((a, b), (b, a))):
         np.testing.assert_array_equal(fig.panel(row, "input"), own.image)
-        np.testing.assert_array_equal(fig.panel(row, "mask M"), own.hard_mask)
-        np.testing.assert_allclose(fig.panel(row, "g(M, Z)"), own.reconstruction, atol=1e-4)
+        np.testing.assert_array_equal(fig.panel(row, "mask M"), own.mask_image)
+        np.testing.assert_allclose(
+            fig.panel(row, "g(M, Z)"), own.reconstruction, atol=_tolerance(seg)
+        )
         np.testing.assert_allclose(
             fig.panel(row, "g(M other, Z)"), latent.mix(model, other, own.z), atol=1e-5
         )

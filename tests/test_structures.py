@@ -6,24 +6,14 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from napari_sdnet import api
 from napari_sdnet.cli import main
-from napari_sdnet.model import SDNet, get_preset
+from napari_sdnet.errors import InputError
 from napari_sdnet.phantom import make_phantom_volume, write_phantom_nifti
 from napari_sdnet.segmentation import structure_labels
 
 THREE = ("rv", "myocardium", "lv")
-
-
-@pytest.fixture(scope="module")
-def three_model_file(tmp_path_factory):
-    torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("three") / "three.safetensors"
-    net = SDNet(get_preset("tiny").replace(structures=THREE)).eval()
-    api.Model.from_network(net).save(path)
-    return path
 
 
 def test_structure_labels_take_the_most_likely_class_ties_to_background():
@@ -97,3 +87,79 @@ def test_a_myocardium_only_model_says_so(tiny_model_file, tmp_path, capsys):
     assert main(["predict", str(image), "--model", tiny_model_file, "-o", str(out)]) == 0
     assert "this model segments the myocardium only" in capsys.readouterr().out
     assert set(np.unique(np.asarray(nib.load(out).dataobj))) <= {0, 2}
+
+
+# ------------------------------------------------------ a three-channel M: g(M, Z) and mixing
+@pytest.fixture(scope="module")
+def three_sdnet(three_model_file):
+    return api.load_model(three_model_file, "cpu")
+
+
+@pytest.fixture(scope="module")
+def three_seg(three_sdnet):
+    vol = make_phantom_volume(n_slices=4, shape=(70, 60), spacing=(1.6, 1.6))
+    return vol, api.segment(three_sdnet, vol.image, vol.spacing, precision="fp32")
+
+
+def test_reconstruct_takes_one_channel_per_structure(three_sdnet, three_seg):
+    vol, seg = three_seg
+    masks = api.structure_masks(seg.labels(), THREE)
+    assert masks.shape == (4, 3, *vol.image.shape[-2:]) and masks.dtype == np.float32
+    assert np.array_equal(masks[:, 1] == 1, seg.labels() == 2)
+    assert masks.sum(axis=1).max() <= 1  # exclusive structures
+    on_input = api.reconstruct(three_sdnet, masks, seg.z, grid=seg.grid, precision="fp32")
+    assert on_input.shape == vol.image.shape
+    # the segmentation's own M and Z give back its reconstruction
+    again = api.reconstruct(three_sdnet, seg.model_mask, seg.z, precision="fp32")
+    np.testing.assert_allclose(again, seg.model_reconstruction, atol=1e-5)
+    with pytest.raises(InputError, match="3 channels"):
+        api.reconstruct(three_sdnet, seg.model_mask[:, 1], seg.z)
+
+
+def test_latent_mixing_and_figure3_with_a_three_channel_m(three_sdnet, three_seg):
+    vol, _ = three_seg
+    seg = api.segment(three_sdnet, vol.image, vol.spacing)  # the precision mix() uses (auto)
+    a, b = api.latent_slice(seg, 1), api.latent_slice(seg, 2)
+    size = seg.model_image.shape[-1]
+    assert a.mask.shape == a.hard_mask.shape == (3, size, size)
+    assert a.hard_mask.sum(axis=0).max() <= 1
+    # what g sees, as one picture: channel number / 3 (0 background)
+    assert set(np.round(np.unique(a.mask_image) * 3).astype(int)) <= {0, 1, 2, 3}
+    own = api.mix(three_sdnet, a, a)
+    np.testing.assert_allclose(own, a.reconstruction, atol=1e-4)
+    assert not np.allclose(api.mix(three_sdnet, None, a), own)  # the null mask changes it
+    assert not np.allclose(api.mix(three_sdnet, b, a), own)  # so does another slice's M
+    fig = api.figure3(three_sdnet, seg, 1, 2)
+    assert fig.images.shape == (2, 6, size, size)
+    np.testing.assert_array_equal(fig.panel(0, "mask M"), a.mask_image)
+    with pytest.raises(InputError, match="model-grid slice"):
+        api.mix(three_sdnet, a.mask[1], a)
+
+
+# ------------------------------------------------------------ fine-tuning on the three labels
+def test_finetune_learns_every_painted_structure(three_sdnet):
+    vol = make_phantom_volume(n_slices=4, shape=(70, 60), spacing=(1.6, 1.6))
+    painted = np.zeros_like(vol.labels)
+    painted[1:3] = vol.labels[1:3]
+    new = api.run(
+        api.finetune(three_sdnet, vol.image, painted, vol.spacing, steps=30, lr=3e-3, seed=0)
+    )
+    record = new.info.training["finetuned"][-1]
+    assert new.config.structures == THREE and record["labelled_slices"] == 2
+    assert record["painted_dice_after"] > record["painted_dice_before"] + 0.05
+    assert api.segment(new, vol.image, vol.spacing).labels().shape == vol.image.shape
+
+
+def test_finetune_counts_a_slice_where_only_a_cavity_is_painted(three_sdnet):
+    vol = make_phantom_volume(n_slices=3, shape=(70, 60), spacing=(1.6, 1.6))
+    painted = np.zeros_like(vol.labels)
+    painted[1][vol.labels[1] == 3] = 3  # the LV cavity alone, on one slice
+    new = api.run(api.finetune(three_sdnet, vol.image, painted, vol.spacing, steps=2))
+    assert new.info.training["finetuned"][-1]["labelled_slices"] == 1
+
+
+def test_finetune_names_the_three_labels_when_none_is_painted(three_sdnet):
+    vol = make_phantom_volume(n_slices=2, shape=(70, 60), spacing=(1.6, 1.6))
+    wrong = np.full(vol.image.shape, 4, np.uint8)
+    with pytest.raises(InputError, match=r"labels 1, 2, 3.*values \[4\]"):
+        api.run(api.finetune(three_sdnet, vol.image, wrong, vol.spacing, steps=2))

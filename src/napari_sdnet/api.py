@@ -61,6 +61,7 @@ from napari_sdnet.segmentation import (
     reconstruct,
     segment,
     segment_iter,
+    structure_masks,
     to_acdc_labels,
 )
 
@@ -79,6 +80,7 @@ __all__ = [
     "run",
     "segment",
     "segment_iter",
+    "structure_masks",
     "to_acdc_labels",
     # fine-tuning defaults
     "FINETUNE_LR",

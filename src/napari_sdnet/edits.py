@@ -19,7 +19,7 @@ reports and from the data themselves, so the rules are tested without a viewer:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,53 +171,68 @@ class EditedSlices:
         self.removed.add(key)
 
 
+_NAMES = {1: "RV cavity", 2: "myocardium", 3: "LV cavity"}
+
+
+def _label_text(values: Sequence[int]) -> str:
+    """``myocardium (label 2)`` or ``RV cavity, myocardium or LV cavity (labels 1, 2, 3)``."""
+    names = [_NAMES.get(v, f"label {v}") for v in values]
+    if len(values) == 1:
+        return f"{names[0]} (label {values[0]})"
+    nums = ", ".join(str(v) for v in values)
+    return f"{', '.join(names[:-1])} or {names[-1]} (labels {nums})"
+
+
 @dataclass
 class TrainingLabels:
     """Labels for fine-tuning built from the listed slices (see :func:`training_labels`)."""
 
     labels: np.ndarray
-    empty: list[SliceKey]  # listed slices with no pixel of the value (they count as unlabelled)
+    empty: list[SliceKey]  # listed slices with no pixel of the values (they count as unlabelled)
     other_values: list[int]  # other label values found on the listed slices (ignored)
     n_listed: int = 0
-    value: int = 2
+    values: tuple[int, ...] = (2,)
 
     def problem(self) -> str:
         """Why fine-tuning cannot start ("" when it can)."""
         if self.n_listed and len(self.empty) < self.n_listed:
             return ""
-        v = self.value
-        return (
-            f"no edited slice has any myocardium (label {v}) pixel: paint the myocardium "
-            f"(label {v}) on at least one slice"
-        )
+        what = _label_text(self.values)
+        return f"no edited slice has any {what} pixel: paint the {what} on at least one slice"
 
     def warnings(self) -> list[str]:
-        """What to tell the user before training: ignored values, slices without the value."""
+        """What to tell the user before training: ignored values, slices without the values."""
         out = []
         if self.other_values:
             out.append(
-                f"the edited slices hold label(s) {self.other_values}: only label {self.value} "
-                "(myocardium) counts, the other values are treated as background"
+                f"the edited slices hold label(s) {self.other_values}: only the "
+                f"{_label_text(self.values)} count(s), the other values are treated as background"
             )
         if self.empty and not self.problem():
+            held = " or ".join(f"label {v}" for v in self.values)
             out.append(
-                f"{len(self.empty)} listed slice(s) hold no label {self.value} and count as "
+                f"{len(self.empty)} listed slice(s) hold no {held} and count as "
                 "unlabelled: " + ", ".join(slice_text(k) for k in self.empty[:5])
             )
         return out
 
 
-def training_labels(mask: np.ndarray, keys: Iterable[SliceKey], value: int) -> TrainingLabels:
-    """Only ``value`` (the myocardium) on the listed slices of ``mask``; 0 elsewhere."""
+def training_labels(
+    mask: np.ndarray, keys: Iterable[SliceKey], values: int | Sequence[int]
+) -> TrainingLabels:
+    """Only ``values`` (the labels the model segments: 2, the myocardium, or 1, 2, 3) on the
+    listed slices of ``mask``; 0 elsewhere."""
     mask = np.asarray(mask)
     keys = list(keys)
+    wanted = (int(values),) if isinstance(values, int | np.integer) else tuple(map(int, values))
     labels = np.zeros(mask.shape, np.uint8)
     empty: list[SliceKey] = []
     other: set[int] = set()
     for key in keys:
-        values = mask[key]
-        labels[key] = np.where(values == value, value, 0)
-        if not (values == value).any():
+        here = mask[key]
+        keep = np.isin(here, wanted)
+        labels[key] = np.where(keep, here, 0)
+        if not keep.any():
             empty.append(key)
-        other.update(int(v) for v in np.unique(values) if v not in (0, value))
-    return TrainingLabels(labels, empty, sorted(other), len(keys), value)
+        other.update(int(v) for v in np.unique(here) if v != 0 and v not in wanted)
+    return TrainingLabels(labels, empty, sorted(other), len(keys), wanted)

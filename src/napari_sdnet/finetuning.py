@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_sdnet.errors import InputError, TrainingError
-from napari_sdnet.io.slices import MYOCARDIUM
+from napari_sdnet.io.slices import ACDC_LABELS, MYOCARDIUM, model_grid_labels
 from napari_sdnet.models import Model, _as_model
 from napari_sdnet.preprocess import preprocess_labels, preprocess_volume
 from napari_sdnet.segmentation import THRESHOLD, _check_batch_size, _check_image, _resolve_spacing
@@ -69,12 +69,41 @@ FINETUNE_CHECK_FROM = 0.2
 
 
 def _painted_dice(network: Any, data: Any) -> float:
-    """Hard myocardium Dice of ``network`` on the painted (labelled) model-grid slices."""
+    """Hard Dice of ``network`` on the painted (labelled) model-grid slices: the myocardium's,
+    or for a model of several structures the mean over the structures painted there."""
     from napari_sdnet.inference import predict_slices
+    from napari_sdnet.segmentation import structure_labels
     from napari_sdnet.training.losses import hard_dice
 
     out = predict_slices(network, data.labelled_images, batch_size=16)
-    return float(hard_dice(out.probability >= THRESHOLD, data.labelled_masks > 0))
+    if data.labelled_labels is None:
+        return float(hard_dice(out.probability >= THRESHOLD, data.labelled_masks > 0))
+    structures = network.config.structures
+    predicted = structure_labels(np.moveaxis(out.probability, 1, 0), structures)
+    values = [ACDC_LABELS[s] for s in structures if (data.labelled_labels == ACDC_LABELS[s]).any()]
+    return float(np.mean([hard_dice(predicted == v, data.labelled_labels == v) for v in values]))
+
+
+def _painted_mask(lab: np.ndarray, structures: Sequence[str]) -> np.ndarray:
+    """Per 2D slice: does ``lab`` hold any painted structure of the model (its labels)?
+    Raises :class:`InputError`, naming the values found, when no slice does."""
+    values = [ACDC_LABELS[s] for s in structures]
+    painted = np.isin(lab, values).reshape(-1, *lab.shape[-2:]).any(axis=(1, 2))
+    if painted.any():
+        return painted
+    found = sorted(int(v) for v in np.unique(lab))
+    if tuple(structures) == ("myocardium",):
+        what, how = "myocardium (label 2)", "paint the myocardium with label 2"
+        convention = "the myocardium is label 2, the ACDC convention"
+    else:
+        what = "RV, myocardium or LV (labels 1, 2, 3)"
+        how = "paint RV cavity 1, myocardium 2 or LV cavity 3"
+        convention = "the ACDC convention is 1 RV, 2 myocardium, 3 LV"
+    if found and found != [0]:
+        hint = f" (the labels hold the values {found[:8]}; {convention})"
+    else:
+        hint = " (the labels are empty)"
+    raise InputError(f"no slice has {what} painted; {how} on at least one slice{hint}")
 
 
 def finetune_loss_weights() -> Any:
@@ -113,7 +142,9 @@ def finetune(
     """Fine-tune a COPY of ``model`` on the slices painted in ``labels``; yields progress.
 
     Every 2D slice (every ``(t, z)`` slice of a 4D study) of ``labels`` that holds at least one
-    myocardium pixel (ACDC value 2) is a labelled training slice; every other slice of the
+    myocardium pixel (ACDC value 2) is a labelled training slice; for a model of several
+    structures, one that holds any of them (1 RV, 2 myocardium, 3 LV), and all of its
+    structures are learnt from it (unpainted pixels are background). Every other slice of the
     study is part of the unlabelled pool (SDNet's semi-supervised losses). The study is
     preprocessed exactly as :func:`segment` does (one normalisation for the whole array).
     Training is :func:`napari_sdnet.training.trainer.train` with ``model_type="sdnet"`` and
@@ -127,7 +158,8 @@ def finetune(
     Args:
         model: the base model; it is never modified.
         image: ``(y, x)``, ``(z, y, x)`` or ``(t, z, y, x)``.
-        labels: same shape, ACDC values: 2 = myocardium (other values are ignored).
+        labels: same shape, ACDC values: 2 = myocardium (other values are ignored); for a model
+            of several structures also 1 = RV cavity, 3 = LV cavity.
         spacing: as for :func:`segment`.
         seconds / steps: the budget; at least one is required.
         lr: Adam learning rate (the start of the schedule).
@@ -147,8 +179,9 @@ def finetune(
         model's metrics no longer apply; they are kept in that record).
 
     Raises:
-        InputError: no slice with myocardium (label 2) painted, labels of another shape, no
-            budget, or bad image/spacing (as :func:`segment`).
+        InputError: no slice with myocardium (label 2; a three-structure model: any of 1-3)
+            painted, labels of another shape, no budget, or bad image/spacing (as
+            :func:`segment`).
     """
     from napari_sdnet.device import resolve_device
     from napari_sdnet.training.checkpoint import CheckpointInfo
@@ -169,30 +202,26 @@ def finetune(
     check_budget(lr=lr, seconds=seconds, steps=steps)
     batch_size = _check_batch_size(batch_size)
 
-    myo = lab == MYOCARDIUM
-    painted = myo.reshape(-1, *arr.shape[-2:]).any(axis=(1, 2))
-    if not painted.any():
-        values = sorted(int(v) for v in np.unique(lab))
-        if values and values != [0]:
-            hint = (
-                f" (the labels hold the values {values[:8]}; the myocardium is label 2, "
-                "the ACDC convention)"
-            )
-        else:
-            hint = " (the labels are empty)"
-        raise InputError(
-            "no slice has myocardium (label 2) painted; paint the myocardium with label 2 on "
-            f"at least one slice{hint}"
-        )
+    structures = model.config.structures
+    painted = _painted_mask(lab, structures)
     in_plane, _ = _resolve_spacing(spacing, arr.ndim, model.preprocess)
     slices, grid = preprocess_volume(arr, in_plane, model.preprocess)
     size = model.config.image_size
     flat = slices.reshape(-1, size, size)
-    masks = preprocess_labels(myo.astype(np.uint8), grid).reshape(-1, size, size)
+    myo = (lab == MYOCARDIUM).astype(np.uint8)
+    masks = preprocess_labels(myo, grid).reshape(-1, size, size)
+    # several structures: the painted slices' ACDC labels on the model grid (a painted slice
+    # counts as labelled for every structure: where none is painted is background)
+    labels_grid = None
+    if len(structures) > 1:
+        lab_flat = lab.reshape(-1, *lab.shape[-2:])[painted]
+        known = np.where(np.isin(lab_flat, [ACDC_LABELS[s] for s in structures]), lab_flat, 0)
+        labels_grid = model_grid_labels(known, grid)
     data = TrainData(
         labelled_images=flat[painted],
         labelled_masks=masks[painted],
         unlabelled_images=flat[~painted] if (~painted).any() else None,
+        labelled_labels=labels_grid,
     )
     n_labelled, n_unlabelled = int(painted.sum()), int((~painted).sum())
 
@@ -250,9 +279,10 @@ def finetune(
             "Try a lower learning rate"
         )
     after = _painted_dice(network, data)
+    dice_of = "myocardium" if len(structures) == 1 else "mean structure"
     if before >= FINETUNE_CHECK_FROM and after < before - FINETUNE_WORSE_BY:
         raise TrainingError(
-            f"fine-tuning made the model worse on the painted slices themselves (myocardium "
+            f"fine-tuning made the model worse on the painted slices themselves ({dice_of} "
             f"Dice {before:.3f} -> {after:.3f}); nothing was kept. Try a lower learning rate "
             "or check the painted labels"
         )

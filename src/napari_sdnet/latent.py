@@ -84,11 +84,13 @@ class LatentSlice:
     Attributes:
         index: its index in the segmentation's leading axes (``()``, ``(z,)`` or ``(t, z)``).
         image: float32 ``(S, S)``: the preprocessed input the model saw ([-1, 1]).
-        mask: float32 ``(S, S)``: the soft mask M (g uses ``M > 0.5``).
+        mask: float32 ``(S, S)``: the soft mask M (g uses ``M > 0.5``); ``(C, S, S)`` for a
+            model of C structures (g uses the one-hot of the most likely class).
         z: float32 ``(z_dim,)``: its latent vector Z, in [0, 1].
         reconstruction: float32 ``(S, S)``: g(M, Z) as computed by the segmentation.
         grid: the :class:`SliceGrid` between the model grid and the input grid.
         label: a short name for titles, e.g. ``"t=0, z=6"``.
+        structures: what the channels of ``mask`` are (``("myocardium",)`` for one channel).
     """
 
     index: tuple[int, ...]
@@ -98,11 +100,27 @@ class LatentSlice:
     reconstruction: np.ndarray
     grid: SliceGrid
     label: str
+    structures: tuple[str, ...] = ("myocardium",)
 
     @property
     def hard_mask(self) -> np.ndarray:
-        """The binary mask g actually sees (bool ``(S, S)``, ``M > 0.5``)."""
-        return self.mask > 0.5
+        """The binary mask g actually sees: bool ``(S, S)``, ``M > 0.5``; for C structures
+        bool ``(C, S, S)``, the one-hot of the arg-max over background and the structures."""
+        if self.mask.ndim == 2:
+            return self.mask > 0.5
+        background = 1.0 - self.mask.sum(axis=0, keepdims=True)
+        winner = np.concatenate([background, self.mask]).argmax(axis=0)
+        return winner[None] == np.arange(1, len(self.mask) + 1)[:, None, None]
+
+    @property
+    def mask_image(self) -> np.ndarray:
+        """What g sees as one picture, float32 ``(S, S)`` in [0, 1]: the binary mask, or for
+        C structures the structure's channel number / C (0 background)."""
+        hard = self.hard_mask
+        if hard.ndim == 2:
+            return hard.astype(np.float32)
+        weights = np.arange(1, len(hard) + 1, dtype=np.float32)[:, None, None] / len(hard)
+        return (hard * weights).sum(axis=0).astype(np.float32)
 
 
 def _lead_shape(seg: Segmentation) -> tuple[int, ...]:
@@ -159,6 +177,7 @@ def latent_slice(seg: Segmentation, index: Any = (), label: str | None = None) -
         reconstruction=np.asarray(seg.model_reconstruction[idx], dtype=np.float32),
         grid=seg.grid,
         label=label if label is not None else slice_label(idx),
+        structures=tuple(seg.structures),
     )
 
 
@@ -268,7 +287,8 @@ def mix(
     Args:
         model: from :func:`napari_sdnet.api.load_model`.
         mask_from: a :class:`LatentSlice` (its soft mask), a model-grid mask ``(S, S)`` in
-            [0, 1], or ``None`` for the null mask (M = 0).
+            [0, 1] (``(C, S, S)`` for a model of C structures), or ``None`` for the null mask
+            (M = 0).
         z: a latent vector ``(z_dim,)`` or a :class:`LatentSlice` (its Z).
         grid: ``None``: the model grid ``(S, S)`` in the model's [-1, 1] scale. A grid (e.g.
             ``seg.grid``): mapped back onto that input grid ``(H, W)``, exactly as
@@ -280,17 +300,16 @@ def mix(
     """
     from napari_sdnet.segmentation import reconstruct
 
-    size = model.config.image_size
+    size, channels = model.config.image_size, model.config.n_structures
+    shape = (size, size) if channels == 1 else (channels, size, size)
     if mask_from is None:
-        m = np.zeros((size, size), np.float32)
+        m = np.zeros(shape, np.float32)
     elif isinstance(mask_from, LatentSlice):
         m = mask_from.mask
     else:
         m = np.asarray(mask_from)
-        if m.ndim != 2:
-            raise InputError(
-                f"the mask must be one model-grid slice ({size}, {size}), got {m.shape}"
-            )
+        if m.ndim != len(shape):
+            raise InputError(f"the mask must be one model-grid slice {shape}, got {m.shape}")
     zz = _as_z(z)
     out = reconstruct(model, m, zz)
     if grid is None:
@@ -342,8 +361,9 @@ class Figure3:
     """SDNet's Figure 3 for two slices: a ``(2, 6, S, S)`` stack of model-grid images.
 
     Row ``r`` is slice ``labels[r]``; the columns are :data:`FIGURE3_COLUMNS`: the input, its
-    mask M (0/1, what g sees), g(M, Z), g(M of the other slice, Z), g(0, Z) and g(M, 0). All
-    images except the mask are in the model's [-1, 1] intensity scale.
+    mask M (0/1, what g sees; for C structures channel number / C), g(M, Z), g(M of the other
+    slice, Z), g(0, Z) and g(M, 0). All images except the mask are in the model's [-1, 1]
+    intensity scale.
     """
 
     images: np.ndarray
@@ -365,7 +385,7 @@ def figure3_slices(model: Model, a: LatentSlice, b: LatentSlice, title: str = ""
         masks = np.stack([own.mask, other.mask, np.zeros_like(own.mask), own.mask])
         zs = np.stack([own.z, own.z, own.z, np.zeros_like(own.z)])
         recon = reconstruct(model, masks, zs)  # one batch of 4
-        rows.append(np.stack([own.image, own.hard_mask.astype(np.float32), *recon]))
+        rows.append(np.stack([own.image, own.mask_image, *recon]))
     return Figure3(images=np.stack(rows).astype(np.float32), labels=(a.label, b.label), title=title)
 
 

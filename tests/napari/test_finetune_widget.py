@@ -271,3 +271,52 @@ def test_slices_painted_while_training_are_kept(
     assert not _errors(messages), messages
     assert widget.edited == [(0, 1), (6, 4)]
     np.testing.assert_array_equal(mask.data[6, 4], painted)
+
+
+def test_a_three_structure_model_in_the_docks(
+    make_napari_viewer, qtbot, three_model_file, messages
+):
+    """One Labels layer of the three structures; corrections of any of them fine-tune."""
+    viewer = make_napari_viewer()
+    image, _ = viewer.open_sample(PLUGIN, "phantom")
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg, name="SDNet segmentation (test)")
+    seg.set_model(three_model_file)
+    seg.set_device("cpu")
+    seg.segment(image)
+    _wait(seg, qtbot)
+    assert not _errors(messages), messages
+    layer = viewer.layers[f"{image.name} segmentation"]
+    assert f"{image.name} myocardium" not in viewer.layers
+    state = get_state(viewer)
+    expected = api.segment(state.model, image.data, image.scale).labels()
+    np.testing.assert_array_equal(layer.data, expected)
+    assert set(np.unique(layer.data)) <= {0, 1, 2, 3}
+    assert "RV / myocardium / LV found on" in seg.status.text()
+
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "SDNet fine-tuning")
+    widget.device_combo.setCurrentText("cpu")
+    assert widget.mask_layer() is layer
+    viewer.dims.set_current_step(0, 2)
+    viewer.dims.set_current_step(1, 3)
+    layer.brush_size = 9
+    messages.clear()
+    layer.paint((2, 3, 64, 64), 3)  # the LV cavity: counts for this model, no warning
+    layer.paint((2, 3, 40, 40), 1)  # the RV cavity too
+    assert widget.edited == [(2, 3)]
+    assert not [m for s, m in messages if s == "warning"], messages
+    layer.data_setitem((np.array([5]), np.array([1]), np.array([10]), np.array([10])), 4)
+    assert "only labels 1 (RV), 2 (myocardium) and 3 (LV) count" in messages[-1][1]
+    widget.remove_slice((5, 1))
+    painted = np.array(layer.data[2, 3], copy=True)
+    widget.set_budget(steps=2)
+    assert widget.finetune() is not None
+    _wait(widget, qtbot)
+    assert not _errors(messages), messages
+    new_model = widget.last_model
+    assert new_model.config.structures == ("rv", "myocardium", "lv")
+    assert new_model.info.training["finetuned"][-1]["labelled_slices"] == 1
+    # the corrected slice kept, the rest the new model's three-structure segmentation
+    np.testing.assert_array_equal(layer.data[2, 3], painted)
+    again = api.segment(new_model, image.data, image.scale).labels()
+    np.testing.assert_array_equal(layer.data[0], again[0])

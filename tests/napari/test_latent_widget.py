@@ -278,3 +278,31 @@ def test_mixer_busy_resegmentation_and_a_2d_image(
     # choosing the volume again works
     assert widget.select_image(vol) and widget.chosen_image() is vol
     assert widget.preview_layer.data.shape == (64, 64)
+
+
+def test_mixer_with_a_three_structure_model(
+    make_napari_viewer, qtbot, three_model_file, tmp_path, messages
+):
+    """M of three channels (RV, myocardium, LV): mixing, the null mask and Figure 3."""
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(1).normal(100, 20, (4, 80, 80)).astype(np.float32)
+    image = viewer.add_image(data, name="vol", scale=(8.0, 1.5, 1.5))
+    viewer.dims.set_current_step(0, 1)
+    widget = LatentWidget(viewer)
+    widget.show_layer.setChecked(True)
+    viewer.window.add_dock_widget(widget, name="mixer (test)")
+    _segment(viewer, qtbot, three_model_file, image)
+    assert not _errors(messages), messages
+    state = get_state(viewer)
+    seg = state.record_for(image).segmentation
+    assert seg.model_mask.shape[1] == 3
+    preview = widget.preview_layer
+    np.testing.assert_allclose(preview.data, seg.reconstruction_intensity[1], rtol=1e-4, atol=1e-3)
+    widget.set_choice(mask_from=(None, 0), z_from=(None, 3), null_mask=True)
+    expected = api.mix_slices(
+        state.model, seg, 0, 3, null_mask=True, on_input_grid=True, denormalise=True
+    )
+    np.testing.assert_allclose(preview.data, expected, atol=1e-4)
+    written = widget.export_figure3(tmp_path / "fig3.png")
+    assert written is not None and written.stat().st_size > 0
+    assert not _errors(messages), messages

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QListWidget, QPushButton, QVBoxL
 
 from napari_sdnet._napari._dock import MYOCARDIUM
 from napari_sdnet.edits import EditedSlices, SliceKey, painted_slices, slice_text
+from napari_sdnet.io.slices import ACDC_LABELS
 
 EDIT_CHECK_MS = 150  # after a data assignment or a refresh, compare the data again
 MARK_PREFIX = "corrected slice"
@@ -151,11 +152,19 @@ class CorrectionsPanel(QWidget):
             self.look_again()
             return
         keys, values = parsed
-        other = sorted(v for v in values if v not in (0, MYOCARDIUM))
+        model = self.dock.state.model
+        structures = model.config.structures if model is not None else ("myocardium",)
+        counted = {ACDC_LABELS[s] for s in structures}
+        other = sorted(v for v in values if v != 0 and v not in counted)
         if other:
+            what = (
+                "only label 2 (myocardium) counts"
+                if counted == {MYOCARDIUM}
+                else "only labels 1 (RV), 2 (myocardium) and 3 (LV) count"
+            )
             self.dock._warning(
-                f"painted with label {other[0]}: only label 2 (myocardium) counts for "
-                "fine-tuning; choose label 2 in the layer controls"
+                f"painted with label {other[0]}: {what} for fine-tuning; choose one in the "
+                "layer controls"
             )
         # napari sends the event before it writes the stroke: listed now, checked shortly after
         self.edits.touch(keys)

@@ -41,7 +41,6 @@ from qtpy.QtWidgets import (
 
 from napari_sdnet._napari._corrections import CorrectionsPanel
 from napari_sdnet._napari._dock import (
-    MYOCARDIUM,
     DockWidget,
     ask_save_file,
     default_folder,
@@ -55,6 +54,7 @@ from napari_sdnet._napari._state import SegmentationRecord
 from napari_sdnet.api import FINETUNE_LR, FINETUNE_STEPS
 from napari_sdnet.edits import SliceKey, painted_slices, training_labels
 from napari_sdnet.errors import SDNetError
+from napari_sdnet.io.slices import ACDC_LABELS
 
 WIDGET_NAME = "SDNet fine-tuning"
 BUDGET_SECONDS = "seconds"
@@ -279,7 +279,8 @@ class FinetuneWidget(DockWidget):
         if not self.edited:
             self._error(NO_EDIT_MESSAGE)
             return None
-        found = training_labels(mask, self.edited, MYOCARDIUM)
+        structures = self.state.model.config.structures
+        found = training_labels(mask, self.edited, [ACDC_LABELS[s] for s in structures])
         for text in found.warnings():
             self._warning(text)
         if found.problem():
@@ -376,7 +377,6 @@ class FinetuneWidget(DockWidget):
         self._apply(job, *out)
 
     def _apply(self, job: _Job, model: Any, seg: Any) -> None:
-        from napari_sdnet import api
 
         record, layer = job.record, job.mask_layer
         made = record.mask
@@ -386,7 +386,7 @@ class FinetuneWidget(DockWidget):
             and record.reconstruction.untouched()
             and tuple(recon_layer.data.shape) == tuple(seg.mask.shape)
         )
-        new_labels = api.to_acdc_labels(seg.mask)
+        new_labels = seg.labels()
         data = new_labels.copy()
         current = np.asarray(layer.data)
         # slices painted while training ran are kept as well

@@ -104,8 +104,11 @@ def store_result(
     record.image_name = image.name
     notes: list[str] = []
     low = float(seg.grid.intensity_range[0]) if seg.grid.intensity_range else 0.0
+    structures = tuple(getattr(seg, "structures", ("myocardium",)))
     for kind, values, fill in (("reconstruction", reconstruction, low), ("mask", labels, 0)):
-        made, note = _write_layer(viewer, state, record, kind, image, values, frame, fill)
+        made, note = _write_layer(
+            viewer, state, record, kind, image, values, frame, fill, mask_name(structures)
+        )
         setattr(record, kind, made)
         if note:
             notes.append(note)
@@ -126,6 +129,7 @@ def _write_layer(
     values: np.ndarray,
     frame: int | None,
     fill: float,
+    what: str = "myocardium",
 ) -> tuple[MadeLayer, str | None]:
     made: MadeLayer | None = getattr(record, kind)
     layer = made.layer if made is not None else None
@@ -146,7 +150,7 @@ def _write_layer(
         dtype = np.uint8 if kind == "mask" else np.float32
         data = np.full(full_shape, fill, dtype=dtype)
         data[frame] = values
-    base = f"{image.name} {'myocardium' if kind == 'mask' else 'reconstruction'}"
+    base = f"{image.name} {what if kind == 'mask' else 'reconstruction'}"
     new_layer = _add_layer(viewer, kind, image, data, free_layer_name(viewer, base))
     new = MadeLayer.track(new_layer, kind)
     record.made.append(new)
@@ -158,6 +162,12 @@ def _write_layer(
             f"in {new_layer.name!r}"
         )
     return new, note
+
+
+def mask_name(structures: tuple[str, ...]) -> str:
+    """The mask layer's name after its image: ``myocardium`` for a myocardium-only model,
+    ``segmentation`` for a model of several structures (RV cavity, myocardium, LV cavity)."""
+    return "myocardium" if tuple(structures) == ("myocardium",) else "segmentation"
 
 
 def _add_layer(viewer: Any, kind: str, image: Any, data: np.ndarray, name: str) -> Any:

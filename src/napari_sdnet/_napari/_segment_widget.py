@@ -121,7 +121,7 @@ def _run_job(job: _Job) -> Generator[tuple[str, Any], None, _Outcome]:
         yield ("model", outcome.model)
     seg = yield from segment_steps(outcome.model, job.data, job.spacing, job.batch_size)
     outcome.segmentation = seg
-    outcome.labels = api.to_acdc_labels(seg.mask)
+    outcome.labels = seg.labels()  # ACDC labels of every structure the model segments
     outcome.reconstruction = seg.reconstruction_intensity
     return outcome
 
@@ -419,12 +419,13 @@ class SegmentWidget(DockWidget):
         if self.state.model is not outcome.model:  # a fine-tuned model of the session
             self.state.use(outcome.model, job.model_key)
         seg = outcome.segmentation
-        flat = seg.mask.reshape(-1, *seg.mask.shape[-2:])
+        flat = outcome.labels.reshape(-1, *outcome.labels.shape[-2:])
         found = int(flat.any(axis=(1, 2)).sum())
         mask_layer = record.mask.layer if record.mask else None
         where = f"frame {job.frame}: " if job.frame is not None else ""
+        what = "myocardium" if seg.structures == ("myocardium",) else "RV / myocardium / LV"
         self.status.setText(
-            f"{where}myocardium found on {found} of {len(flat)} slices -> "
+            f"{where}{what} found on {found} of {len(flat)} slices -> "
             f"'{mask_layer.name if mask_layer else ''}'"
         )
         for note in notes:
@@ -492,7 +493,7 @@ class SegmentWidget(DockWidget):
             return None
         mask = self.mask_layer_for(image)
         if mask is None:
-            self._error(f"{image.name!r} has no myocardium mask yet: press Segment first")
+            self._error(f"{image.name!r} has no segmentation yet: press Segment first")
             return None
         if binary is None:
             binary = self.export_values.currentText() == EXPORT_BINARY
@@ -512,9 +513,13 @@ class SegmentWidget(DockWidget):
             return None
         for text in warnings_:
             self._warning(text)
-        value = "1" if binary else "2"
-        self.status.setText(f"exported {mask.name!r} to {written} (myocardium = {value})")
-        self._info(f"wrote {written} (myocardium = {value})")
+        values = np.unique(np.asarray(mask.data)) if not binary else ()
+        if binary or set(int(v) for v in values) <= {0, 2}:
+            meaning = f"myocardium = {'1' if binary else '2'}"
+        else:
+            meaning = "ACDC labels: 1 RV, 2 myocardium, 3 LV"
+        self.status.setText(f"exported {mask.name!r} to {written} ({meaning})")
+        self._info(f"wrote {written} ({meaning})")
         return written
 
 
