@@ -35,6 +35,20 @@ import numpy as np
 from napari_sdnet import choices
 
 
+def _given_slice(expert: np.ndarray, predicted: np.ndarray, structures) -> np.ndarray:
+    """What a user hands to fine-tuning for one slice. A myocardium-only model: the expert
+    myocardium (label 2). A model of several structures: the model's own labels corrected
+    with the expert's, as a user correcting the segmentation layer would leave them: every
+    structure the expert drew (the Sunnybrook study: myocardium and LV cavity) is the
+    expert's, the rest (the RV cavity, which it has no contours of) stays the model's."""
+    if tuple(structures) == ("myocardium",):
+        return np.where(expert == 2, 2, 0).astype(np.uint8)
+    drawn = [v for v in (1, 2, 3) if (expert == v).any()]
+    keep = np.isin(predicted, [v for v in (1, 2, 3) if v not in drawn])
+    out = np.where(keep, predicted, 0)
+    return np.where(np.isin(expert, drawn), expert, out).astype(np.uint8)
+
+
 def _scores(mask: np.ndarray, gt: np.ndarray, slices: list[tuple[int, int]]) -> dict:
     from napari_sdnet.training.losses import hard_dice
 
@@ -111,7 +125,8 @@ def main() -> None:
     gains: dict[int, list[float]] = {}
     for name, image, gt, spacing, contoured in studies:
         t0 = time.perf_counter()
-        base_mask = api.segment(model, image, spacing).mask
+        base = api.segment(model, image, spacing)
+        base_mask, base_labels = base.mask, base.labels()
         seg_seconds = time.perf_counter() - t0
         print(f"{name} {image.shape}, {len(contoured)} contoured slices; segmentation "
               f"{seg_seconds:.1f} s", flush=True)
@@ -123,7 +138,7 @@ def main() -> None:
             others = [s for s in contoured if s not in given]
             labels = np.zeros(gt.shape, np.uint8)
             for z, t in given:
-                labels[t, z] = np.where(gt[t, z] == 2, 2, 0)
+                labels[t, z] = _given_slice(gt[t, z], base_labels[t, z], model.config.structures)
             before = _scores(base_mask, gt, others)
             for seed in args.seeds:
                 start = time.perf_counter()

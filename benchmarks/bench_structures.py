@@ -10,10 +10,14 @@ Sunnybrook study are evaluation only):
 * the raw ACDC NIfTI test patients 001, 022, 024 (ED and ES) in their original geometry: Dice of
   each structure through ``api.segment`` and the cardiac function against the expert labels
   (LV EF error in points, LV mass and EDV errors in %);
-* the Sunnybrook study (another vendor), its contoured frames.
+* the Sunnybrook study (another vendor), its contoured frames;
+* the cardiac function of the 20 ACDC H5 test patients (ED = frame01, ES = frame02): LV EF of
+  the model's segmentation against the expert labels' (the H5 files carry no spacing, so an
+  assumed 10 x 1.5 x 1.5 mm is used; EF is a ratio of volumes, so it cancels), with the mean
+  difference and the Bland-Altman limits of agreement; ``--plot PNG`` draws them.
 
 ``--state`` evaluates the best weights kept in a stopped training's state file (a segmenter of
-three structures on the compact preset), e.g. to follow a long run. Needs ``../shared/data``.
+the compact preset), e.g. to follow a long run. Needs ``../shared/data``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ LABELS = {"rv": 1, "myocardium": 2, "lv": 3}
 
 
 def model_from_state(path: Path, preset: str = "compact"):
-    """The best weights of a training state as an ``api.Model`` (three structures)."""
+    """The best weights of a training state as an ``api.Model`` (its structures and type)."""
     import torch
 
     from napari_sdnet import api
@@ -50,7 +54,9 @@ def model_from_state(path: Path, preset: str = "compact"):
     net.load_state_dict(weights)
     net.eval()
     info = CheckpointInfo.for_model(
-        config, model_type="unet", training={"h5_spacing": recipe.get("h5_spacing")}
+        config,
+        model_type=recipe.get("model_type", "unet"),
+        training={"h5_spacing": recipe.get("h5_spacing")},
     )
     label = f"{path.name} (iteration {state.meta['iteration']}, kept {state.meta['best_iter']})"
     return api.Model(network=net, info=info, device=torch.device("cpu"), source=label)
@@ -92,6 +98,8 @@ def nifti_test(model) -> dict:
                 "lv_ef_error_points": _error(p, t, "lv_ef_percent", relative=False),
                 "lv_mass_error_percent": _error(p, t, "lv_mass_g", relative=True),
                 "lv_edv_error_percent": _error(p, t, "lv_edv_ml", relative=True),
+                "lv_ef_model": p.get("lv_ef_percent"),
+                "lv_ef_expert": t.get("lv_ef_percent"),
             }
         )
 
@@ -108,6 +116,101 @@ def nifti_test(model) -> dict:
     }
 
 
+def bland_altman(pred: list[float], truth: list[float]) -> dict:
+    """Mean difference (bias) and 95 % limits of agreement of ``pred - truth``."""
+    diff = np.asarray(pred, float) - np.asarray(truth, float)
+    bias, sd = float(diff.mean()), float(diff.std(ddof=1)) if diff.size > 1 else 0.0
+    return {
+        "n": int(diff.size),
+        "mean_difference": bias,
+        "sd_difference": sd,
+        "limits_of_agreement": [bias - 1.96 * sd, bias + 1.96 * sd],
+        "mean_abs_difference": float(np.abs(diff).mean()),
+    }
+
+
+def h5_function(model) -> dict:
+    """LV/RV EF of the model against the expert labels on the 20 ACDC H5 test patients."""
+    import h5py
+
+    from napari_sdnet import api, cardiac
+
+    names = (DATA / "acdc_h5" / "test.list").read_text().split()
+    patients = sorted({n.split("_")[0] for n in names})
+    spacing = (10.0, 1.5, 1.5)
+    rows = []
+    for pid in patients:
+        pred, truth = [], []
+        for frame in ("frame01", "frame02"):
+            with h5py.File(DATA / "acdc_h5" / "data" / f"{pid}_{frame}.h5", "r") as f:
+                image, label = f["image"][()], f["label"][()]
+            pred.append(api.segment(model, image, spacing, precision="fp32").labels())
+            truth.append(label)
+        p = cardiac.measure_ed_es(pred[0], pred[1], spacing, spacing).indices()
+        t = cardiac.measure_ed_es(truth[0], truth[1], spacing, spacing).indices()
+        rows.append(
+            {
+                "patient": pid,
+                **{f"{k}_model": p.get(k) for k in ("lv_ef_percent", "rv_ef_percent")},
+                **{f"{k}_expert": t.get(k) for k in ("lv_ef_percent", "rv_ef_percent")},
+            }
+        )
+    out: dict = {"patients": rows}
+    for key in ("lv_ef_percent", "rv_ef_percent"):
+        pairs = [
+            (r[f"{key}_model"], r[f"{key}_expert"])
+            for r in rows
+            if r[f"{key}_model"] is not None and r[f"{key}_expert"] is not None
+        ]
+        if pairs:
+            out[key] = bland_altman([a for a, _ in pairs], [b for _, b in pairs])
+    return out
+
+
+def plot_bland_altman(h5: dict, nifti: dict, path: Path) -> None:
+    """Bland-Altman plot of LV EF (model - expert against their mean), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from napari_sdnet.io.files import atomic_write
+
+    rows = [r for r in h5["patients"] if r["lv_ef_percent_model"] is not None]
+    model = np.array([r["lv_ef_percent_model"] for r in rows])
+    expert = np.array([r["lv_ef_percent_expert"] for r in rows])
+    stats = h5["lv_ef_percent"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    ax.scatter((model + expert) / 2, model - expert, color="tab:blue", label="ACDC H5 test (20)")
+    for r in nifti["patients"]:
+        if r.get("lv_ef_model") is not None:
+            ax.scatter(
+                (r["lv_ef_model"] + r["lv_ef_expert"]) / 2,
+                r["lv_ef_model"] - r["lv_ef_expert"],
+                color="tab:orange",
+                marker="s",
+                label="001/022/024 via NIfTI" if r is nifti["patients"][0] else None,
+            )
+    bias, (lo, hi) = stats["mean_difference"], stats["limits_of_agreement"]
+    ax.axhline(bias, color="k", label=f"mean difference {bias:+.1f}")
+    for v in (lo, hi):
+        ax.axhline(v, color="k", linestyle="--")
+    diffs = model - expert
+    pad = 0.12 * (max(hi, diffs.max()) - min(lo, diffs.min()))
+    ax.set_ylim(min(lo, diffs.min()) - pad, max(hi, diffs.max()) + pad)
+    edge = ax.get_yaxis_transform()  # x in axes fraction, y in data
+    ax.text(0.99, hi, f"+1.96 SD: {hi:+.1f}", va="bottom", ha="right", transform=edge)
+    ax.text(0.99, lo, f"-1.96 SD: {lo:+.1f}", va="bottom", ha="right", transform=edge)
+    ax.set_xlabel("mean of model and expert LV EF (%)")
+    ax.set_ylabel("model - expert LV EF (points)")
+    ax.set_title("LV ejection fraction: model vs expert labels (Bland-Altman)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -115,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--state", type=Path, help="a training state (*.resume.safetensors)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--plot", type=Path, default=None, help="Bland-Altman plot of LV EF (PNG)")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"no shared data at {DATA}", file=sys.stderr)
@@ -132,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     out["acdc_nifti_test"] = nifti_test(model)
     sb = api.evaluate(model, DATA / "sunnybrook" / "SCD0000101_4d.nii.gz")
     out["sunnybrook"] = {"myocardium": sb.mean_myocardium_dice, **sb.mean_structure_dice()}
+    out["acdc_h5_test_function"] = h5_function(model)
+    if args.plot is not None and "lv_ef_percent" in out["acdc_h5_test_function"]:
+        plot_bland_altman(out["acdc_h5_test_function"], out["acdc_nifti_test"], args.plot)
     print(json.dumps(out, indent=1, default=lambda x: None))
     if args.json is not None:
         from napari_sdnet.io.files import atomic_write_text

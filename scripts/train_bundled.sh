@@ -45,5 +45,5 @@ stage "$OUT/sdnet_compact_acdc3.safetensors" --model-type sdnet --init "$OUT/sta
     --reinit decomposer.z_head --reinit reconstructor --reinit image_discriminator \
     --freeze decomposer.down --freeze decomposer.bottleneck --freeze decomposer.up \
     --freeze decomposer.mask_head --select-on reconstruction --lr 3e-4 --lr-schedule cosine \
-    --iterations 12000 --seed 2
+    --iterations 6000 --seed 2
 echo "wrote $OUT/sdnet_compact_acdc3.safetensors"
