@@ -25,8 +25,8 @@ Conventions
   frame with myocardium when frame 0 has none, and ES is undetermined. ``ed=`` / ``es=``
   override both (ED = ES set by hand is measured, with a warning; a chosen frame where a
   cavity is unlabelled gets a note).
-* ED and ES labelled on different slices (count or range) are warned about: their volumes are
-  not comparable.
+* ED and ES labelled on different slices (count or range) are warned about: normal where the
+  base or apex moves through the slices, but a slice left unlabelled at one phase biases the EF.
 * EF = (EDV - ESV) / EDV x 100; SV = EDV - ESV; LV mass = myocardial volume at ED x 1.05 g/ml.
 * Frames are 0-based indices along the file's time axis (ACDC's ``frame01`` is frame 0).
 """
@@ -344,6 +344,13 @@ def _build(
     return result
 
 
+#: Why ED and ES on different slices is worth a look, and when it is not a problem.
+_DIFFERENT_SLICES = (
+    "normal where the base or apex moves through the slices over the cycle, but a slice left "
+    "unlabelled at one phase biases the EF"
+)
+
+
 def _plausibility(r: CardiacFunction) -> None:
     """Warnings for implausible results: EF range, slice gaps, single-slice structures, ED and
     ES labelled on different slices."""
@@ -368,12 +375,12 @@ def _plausibility(r: CardiacFunction) -> None:
             if len(at_ed) != len(at_es):
                 r.warnings.append(
                     f"{name} labelled on {len(at_ed)} slices at ED but {len(at_es)} at ES: "
-                    "volumes are not comparable"
+                    f"{_DIFFERENT_SLICES}"
                 )
             elif (at_ed[0], at_ed[-1]) != (at_es[0], at_es[-1]):
                 r.warnings.append(
                     f"{name} labelled on slices {at_ed[0]}-{at_ed[-1]} at ED but "
-                    f"{at_es[0]}-{at_es[-1]} at ES: volumes are not comparable"
+                    f"{at_es[0]}-{at_es[-1]} at ES: {_DIFFERENT_SLICES}"
                 )
     for phase, which in ((r.ed, "ED"), (r.es, "ES")):
         if phase is None or (which == "ES" and phase == r.ed):
