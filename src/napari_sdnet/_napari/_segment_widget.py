@@ -1,4 +1,4 @@
-"""Dock widget "SDNet segmentation": segment the myocardium of an image layer.
+"""Dock widget "SDNet segmentation": segment the heart (or the myocardium) of an image layer.
 
 Layout and wiring only: the work is :func:`napari_sdnet.api.segment_iter` (run by the dock's
 :class:`~napari_sdnet._napari._jobs.JobRunner`, so the window stays responsive and Cancel works
@@ -7,14 +7,15 @@ remembered in the viewer's :class:`~napari_sdnet._napari._state.SDNetState`.
 
 What it adds for an image layer ``<image>``:
 
-* ``<image> myocardium``: Labels (uint8, myocardium = 2 as in ACDC) with the image's scale,
+* ``<image> segmentation``: Labels (uint8, ACDC values: 1 RV cavity, 2 myocardium, 3 LV
+  cavity; ``<image> myocardium`` with 2 alone for a myocardium-only model) with the image's scale,
   translate, rotation, units and a copy of its metadata (``sdnet_geometry`` included, so File >
   Save Selected Layer(s) writes it lined up with the source file);
 * ``<image> reconstruction``: Image (gray, hidden at first), SDNet's reconstruction of the image
   from (mask, Z), in the image's intensity units.
 
 Running again updates those layers in place while they hold what the plugin wrote; once the
-user has painted on one, a new ``<image> myocardium [2]`` is made instead. For a 4D study in
+user has painted on one, a new ``<image> segmentation [2]`` is made instead. For a 4D study in
 "current frame" mode only that frame of the 4D layers is written (frames painted by the user
 elsewhere stay as they are). Layers the plugin did not make are never touched.
 
@@ -64,7 +65,7 @@ from napari_sdnet.errors import SDNetError
 WIDGET_NAME = "SDNet segmentation"
 FRAMES_ALL = "all frames"
 FRAMES_CURRENT = "current frame"
-EXPORT_ACDC = "ACDC labels (myocardium = 2)"
+EXPORT_ACDC = "ACDC labels (1 RV, 2 myocardium, 3 LV)"
 EXPORT_BINARY = "binary (myocardium = 1)"
 
 
@@ -173,7 +174,10 @@ class SegmentWidget(DockWidget):
 
         buttons = QHBoxLayout()
         self.segment_button = QPushButton("Segment")
-        self.segment_button.setToolTip("segment the myocardium (adds '<image> myocardium')")
+        self.segment_button.setToolTip(
+            "segment with the chosen model: adds '<image> segmentation' (RV cavity, "
+            "myocardium, LV cavity), or '<image> myocardium' for a myocardium-only model"
+        )
         self.segment_button.clicked.connect(self._on_segment_clicked)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("stop after the current batch; no layer is changed")
@@ -198,7 +202,7 @@ class SegmentWidget(DockWidget):
         layout.addLayout(export_form)
         self.export_button = QPushButton("Export mask...")
         self.export_button.setToolTip(
-            "save the myocardium mask of the chosen image as NIfTI with the image's geometry"
+            "save the segmentation of the chosen image as NIfTI with the image's geometry"
         )
         self.export_button.clicked.connect(lambda: self.export_mask())
         layout.addWidget(self.export_button)
