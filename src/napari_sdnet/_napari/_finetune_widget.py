@@ -62,8 +62,9 @@ BUDGET_STEPS = "steps"
 UPDATE_ALL = "whole model"
 UPDATE_DECOMPOSER = "decomposer only"
 NO_EDIT_MESSAGE = (
-    "no edited slice: paint the myocardium (label 2) on at least one slice of the "
-    "myocardium layer, or add the current slice to the list"
+    "no edited slice: paint a correction (2 myocardium; 1 RV or 3 LV cavity with a "
+    "three-structure model) on at least one slice of the segmentation layer, or add the "
+    "current slice to the list"
 )
 _painted_slices = painted_slices  # kept for scripts written against the earlier name
 

@@ -368,7 +368,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "finetune",
-        help="fine-tune a model on the myocardium (label 2) painted on a few slices of a study",
+        help="fine-tune a model on the labels painted on a few slices of a study (ACDC values: "
+        "2 myocardium; 1 RV and 3 LV cavity too for a three-structure model)",
     )
     p.add_argument(
         "--model", default="bundled", help="'bundled' (default) or a .safetensors model file"
@@ -378,7 +379,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         "--labels",
         type=Path,
         required=True,
-        help="labels on the image's grid; slices with myocardium (2) painted are used",
+        help="labels on the image's grid; slices with a structure of the model painted (2; or "
+        "1, 2, 3 for a three-structure model) are used",
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="new model (.safetensors)")
     p.add_argument("--seconds", type=float, default=None, help="time budget (with --steps: a cap)")
