@@ -253,7 +253,8 @@ def process_one(task: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any
                     "values)"
                 )
             seg = api.segment(model, vol.data, vol.geometry.spacing, latents=False)
-            labels = seg.mask if settings.get("binary") else api.to_acdc_labels(seg.mask)
+            # ACDC labels of every structure the model segments (binary: the myocardium, 0/1)
+            labels = seg.mask if settings.get("binary") else seg.labels()
             write_nifti(
                 task["mask"],
                 labels,

@@ -66,7 +66,7 @@ class CorrectionsPanel(QWidget):
         self._timer.timeout.connect(lambda: self.look_again())
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(QLabel("corrected slices (label 2 counts; click one to show it):"))
+        layout.addWidget(QLabel("corrected slices (click one to show it):"))
         self.slice_list = QListWidget()
         self.slice_list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
         self.slice_list.setMaximumHeight(90)

@@ -240,8 +240,8 @@ class FinetuneWidget(DockWidget):
 
     def _no_study_message(self) -> str:
         return (
-            "no segmented study with a myocardium layer: segment the study with the SDNet "
-            "segmentation widget first, then correct '<image> myocardium' with label 2"
+            "no segmented study: segment the study with the SDNet segmentation widget first, "
+            "then correct its '<image> segmentation' (or '<image> myocardium') layer"
         )
 
     # -- fine-tuning ---------------------------------------------------------------------------

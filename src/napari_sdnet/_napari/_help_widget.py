@@ -30,8 +30,10 @@ def help_html() -> str:
 File &gt; Open Sample &gt; napari-sdnet.</li>
 <li><b>Segment</b> (Plugins &gt; napari-sdnet &gt; SDNet segmentation): choose the image, the
 model and the device, press Segment. Progress shows in the widget and in napari's activity
-(bottom right). The result is <i>&lt;image&gt; myocardium</i> (label 2).</li>
-<li><b>Correct</b> the mask with napari's brush, fill or eraser, label 2. The fine-tuning widget
+(bottom right). The result is <i>&lt;image&gt; segmentation</i> (1 RV cavity, 2 myocardium,
+3 LV cavity; <i>&lt;image&gt; myocardium</i>, label 2, with a myocardium-only model).</li>
+<li><b>Correct</b> the mask with napari's brush, fill or eraser (the label in the layer
+controls: 1, 2 or 3). The fine-tuning widget
 lists every slice that differs from the model's mask (click one to go there); the viewer says
 when the slice shown is a corrected one.</li>
 <li><b>Fine-tune</b> (SDNet fine-tuning) on the corrected slices: the new model, <i>fine-tuned

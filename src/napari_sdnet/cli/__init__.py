@@ -71,7 +71,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     written = run_headless_demo(
         args.output, args.model, args.device, overwrite=args.overwrite, frames=frames
     )
-    print(f"wrote {written[0]} (myocardium = 2, lined up with the sample study)")
+    print(f"wrote {written[0]} (ACDC labels, lined up with the sample study)")
     print(f"wrote {written[1]} (screenshot of the napari window)")
     return 0
 
