@@ -123,8 +123,8 @@ def run_stages(args: argparse.Namespace) -> None:
     from napari_sdnet.io.nifti import write_nifti
     from napari_sdnet.models import load_model
     from napari_sdnet.onnx_engine import load_predictor
-    from napari_sdnet.preprocess import preprocess_volume, restore_probabilities
-    from napari_sdnet.segmentation import THRESHOLD, to_acdc_labels
+    from napari_sdnet.preprocess import preprocess_volume
+    from napari_sdnet.segmentation import native_outputs
 
     t["import napari_sdnet"] = clock() - s
     s = clock()
@@ -156,8 +156,12 @@ def run_stages(args: argparse.Namespace) -> None:
         probability = out.probability
     t["inference (networks)"] = clock() - s
     s = clock()
-    prob = restore_probabilities(probability.reshape(*slices.shape), grid)
-    labels = to_acdc_labels(prob >= THRESHOLD)
+    # what segment does: restore, labels (the largest component per structure), as predict
+    structures = model.config.structures
+    channels = () if len(structures) == 1 else (len(structures),)
+    model_prob = probability.reshape(*slices.shape[:-2], *channels, size, size)
+    _, mask, label_map = native_outputs(model_prob, grid, structures)
+    labels = label_map if label_map is not None else (mask * 2).astype(np.uint8)
     t["restore to input grid"] = clock() - s
     s = clock()
     write_nifti(args.out, labels, vol.geometry, dtype=np.uint8, overwrite=True)

@@ -35,8 +35,13 @@ def largest_components(labels: np.ndarray, values: Iterable[int]) -> np.ndarray:
     out = labels.copy()
     connectivity = np.ones((3,) * labels.ndim, bool)
     for value in values:
-        components, n = ndimage.label(labels == value, structure=connectivity)
+        where = labels == value
+        box = ndimage.find_objects(where.astype(np.uint8))  # the structure's bounding box
+        if not box:
+            continue
+        components, n = ndimage.label(where[box[0]], structure=connectivity)
         if n > 1:
             sizes = np.bincount(components.ravel())[1:]
-            out[(components > 0) & (components != 1 + int(np.argmax(sizes)))] = 0
+            view = out[box[0]]
+            view[(components > 0) & (components != 1 + int(np.argmax(sizes)))] = 0
     return out

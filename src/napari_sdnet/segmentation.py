@@ -279,10 +279,14 @@ def structure_labels(probabilities: np.ndarray, structures: Sequence[str]) -> np
     structure part): the arg-max over background ``1 - sum`` and the structures, ties to
     background, so a pixel is labelled where its structure is the most likely class."""
     probabilities = np.asarray(probabilities, np.float32)
-    background = 1.0 - probabilities.sum(axis=0, keepdims=True)
-    winner = np.concatenate([background, probabilities]).argmax(axis=0)
-    values = np.asarray([0, *(ACDC_LABELS[s] for s in structures)], np.uint8)
-    return values[winner]
+    # the arg-max over [background, structures...] one channel at a time (no stacked copy): a
+    # structure takes a pixel only where it beats everything before it (ties stay earlier)
+    best = 1.0 - probabilities.sum(axis=0)  # the background's probability
+    out = np.zeros(best.shape, np.uint8)
+    for name, p in zip(structures, probabilities, strict=True):
+        out[p > best] = ACDC_LABELS[name]
+        np.maximum(best, p, out=best)
+    return out
 
 
 def structure_masks(labels: Any, structures: Sequence[str]) -> np.ndarray:
