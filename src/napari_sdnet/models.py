@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from napari_sdnet.training.checkpoint import CheckpointInfo
 
 #: File name of the bundled model inside ``napari_sdnet/weights``.
-BUNDLED_MODEL = "sdnet_compact_acdc.safetensors"
+BUNDLED_MODEL = "sdnet_compact_acdc3.safetensors"
 
 
 @dataclass(eq=False)
