@@ -190,7 +190,7 @@ def test_ed_and_es_labelled_on_different_slices_are_flagged():
     lab[2, :, 1:4, 1:3] = 3  # 3 slices x 6 voxels
     r = cardiac.measure_labels(lab, (1.0, 1.0, 1.0))
     assert (r.ed_frame, r.es_frame) == (0, 1)
-    expected = "LV cavity labelled on 3 slices at ED but 2 at ES: normal where the base or apex"
+    expected = "LV cavity labelled on 3 slices at ED but 2 at ES: normal as the base and apex move"
     assert any(w.startswith(expected) and w.endswith("biases the EF") for w in r.warnings)
     assert not any(w.startswith("RV cavity labelled") for w in r.warnings)
     # as many slices, but not the same ones
@@ -199,7 +199,7 @@ def test_ed_and_es_labelled_on_different_slices_are_flagged():
     shifted[1] = np.roll(shifted[1], 1, axis=0)  # ES: slices 1-2
     r = cardiac.measure_labels(shifted, (1.0, 1.0, 1.0))
     assert (r.ed_frame, r.es_frame) == (0, 1)
-    expected = "LV cavity labelled on slices 0-1 at ED but 1-2 at ES: normal where the base"
+    expected = "LV cavity labelled on slices 0-1 at ED but 1-2 at ES: normal as the base"
     assert any(w.startswith(expected) and w.endswith("biases the EF") for w in r.warnings)
     # labelled on the same slices (also when set by hand): no such warning
     assert not any(

@@ -25,8 +25,8 @@ Conventions
   frame with myocardium when frame 0 has none, and ES is undetermined. ``ed=`` / ``es=``
   override both (ED = ES set by hand is measured, with a warning; a chosen frame where a
   cavity is unlabelled gets a note).
-* ED and ES labelled on different slices (count or range) are warned about: normal where the
-  base or apex moves through the slices, but a slice left unlabelled at one phase biases the EF.
+* ED and ES labelled on different slices (count or range) are warned about: normal as the base
+  and apex move through the slices, but a slice left unlabelled at one phase biases the EF.
 * EF = (EDV - ESV) / EDV x 100; SV = EDV - ESV; LV mass = myocardial volume at ED x 1.05 g/ml.
 * Frames are 0-based indices along the file's time axis (ACDC's ``frame01`` is frame 0).
 """
@@ -345,10 +345,7 @@ def _build(
 
 
 #: Why ED and ES on different slices is worth a look, and when it is not a problem.
-_DIFFERENT_SLICES = (
-    "normal where the base or apex moves through the slices over the cycle, but a slice left "
-    "unlabelled at one phase biases the EF"
-)
+_DIFFERENT_SLICES = "normal as the base and apex move; a slice left unlabelled biases the EF"
 
 
 def _plausibility(r: CardiacFunction) -> None:

@@ -24,8 +24,9 @@ def _errors(messages) -> list[str]:
     return [m for s, m in messages if s == "error"]
 
 
-def _segmented(viewer, qtbot, model_file):
-    """The phantom study segmented with the segmentation widget: (image, mask layer)."""
+def _segmented(viewer, qtbot, model_file, layer_name="myocardium", widgets=None):
+    """The phantom study segmented with the segmentation widget: (image, mask layer); the
+    widget is appended to ``widgets`` when given."""
     image, _ = viewer.open_sample(PLUGIN, "phantom")
     seg = SegmentWidget(viewer)
     viewer.window.add_dock_widget(seg, name="SDNet segmentation (test)")
@@ -34,7 +35,9 @@ def _segmented(viewer, qtbot, model_file):
     seg.select_layer(image)
     seg.segment(image)
     qtbot.waitUntil(lambda: seg.worker is None, timeout=TIMEOUT_MS)
-    return image, viewer.layers[f"{image.name} myocardium"]
+    if widgets is not None:
+        widgets.append(seg)
+    return image, viewer.layers[f"{image.name} {layer_name}"]
 
 
 def _wait(widget, qtbot) -> None:
@@ -278,15 +281,10 @@ def test_a_three_structure_model_in_the_docks(
 ):
     """One Labels layer of the three structures; corrections of any of them fine-tune."""
     viewer = make_napari_viewer()
-    image, _ = viewer.open_sample(PLUGIN, "phantom")
-    seg = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(seg, name="SDNet segmentation (test)")
-    seg.set_model(three_model_file)
-    seg.set_device("cpu")
-    seg.segment(image)
-    _wait(seg, qtbot)
+    widgets: list = []
+    image, layer = _segmented(viewer, qtbot, three_model_file, "segmentation", widgets)
+    seg = widgets[0]
     assert not _errors(messages), messages
-    layer = viewer.layers[f"{image.name} segmentation"]
     assert f"{image.name} myocardium" not in viewer.layers
     state = get_state(viewer)
     expected = api.segment(state.model, image.data, image.scale).labels()
