@@ -163,3 +163,11 @@ def test_finetune_names_the_three_labels_when_none_is_painted(three_sdnet):
     wrong = np.full(vol.image.shape, 4, np.uint8)
     with pytest.raises(InputError, match=r"labels 1, 2, 3.*values \[4\]"):
         api.run(api.finetune(three_sdnet, vol.image, wrong, vol.spacing, steps=2))
+
+
+def test_info_names_what_a_model_segments(three_model_file, tiny_model_file, capsys):
+    assert main(["info", str(three_model_file)]) == 0
+    out = capsys.readouterr().out
+    assert "segments       : RV cavity (1), myocardium (2), LV cavity (3)" in out
+    assert main(["info", str(tiny_model_file)]) == 0
+    assert "segments       : myocardium (2)\n" in capsys.readouterr().out

@@ -34,6 +34,10 @@ STATE_FORMAT_VERSION = 1
 _DISCRIMINATOR_PREFIXES = ("mask_discriminator.", "image_discriminator.")
 
 
+#: How ``napari-sdnet info`` names a model's structures (ACDC labels).
+_STRUCTURE_TEXT = {"rv": "RV cavity (1)", "myocardium": "myocardium (2)", "lv": "LV cavity (3)"}
+
+
 @dataclass
 class CheckpointInfo:
     """What a checkpoint is: how to rebuild and feed the model, and where it came from."""
@@ -104,6 +108,7 @@ class CheckpointInfo:
             f"model type     : {self.model_type}",
             f"preset         : {cfg.name} ({cfg.image_size}x{cfg.image_size}, "
             f"{cfg.base_filters}-{cfg.unet_widths[-1]} filters, Z = {cfg.z_dim})",
+            f"segments       : {', '.join(_STRUCTURE_TEXT.get(s, s) for s in cfg.structures)}",
             f"preprocessing  : {pre.target_spacing} mm/pixel, {pre.size}x{pre.size}, "
             f"clip {pre.clip_percentiles[0]}-{pre.clip_percentiles[1]} percentiles",
             f"created        : {self.created or 'unknown'} (napari-sdnet {self.version or '?'})",
