@@ -42,17 +42,25 @@ def main(argv: list[str]) -> int:
     _, widget = viewer.window.add_plugin_dock_widget("napari-sdnet", "SDNet fine-tuning")
     widget.device_combo.setCurrentText("cpu")
 
-    # the "corrections": the expert myocardium on two contoured slices, painted into the mask
+    # the "corrections" on two contoured slices: every structure the model segments and the
+    # expert drew (the myocardium; with a three-structure model also the LV cavity) painted as
+    # the expert's; the rest (the RV, which the study has no contours of) left as the model made
+    from napari_sdnet._napari._state import get_state
+    from napari_sdnet.io.slices import ACDC_LABELS
+
+    segmented = [ACDC_LABELS[s] for s in get_state(viewer).model.config.structures]
     frames = sunnybrook_study().labelled_frames()
     given = [frames[len(frames) // 3], frames[2 * len(frames) // 3]]
     for z, t in given:
         old = np.asarray(mask.data[t, z])
-        expert = np.asarray(contours.data[t, z]) == 2
-        for value, where in ((0, old.astype(bool) & ~expert), (2, expert & (old != 2))):
-            ys, xs = np.nonzero(where)
-            if len(ys):
-                index = (np.full_like(ys, t), np.full_like(ys, z), ys, xs)
-                mask.data_setitem(index, value)
+        expert = np.asarray(contours.data[t, z])
+        drawn = [v for v in segmented if (expert == v).any()]
+        new = np.where(np.isin(old, [v for v in segmented if v not in drawn]), old, 0)
+        new = np.where(np.isin(expert, drawn), expert, new).astype(old.dtype)
+        for value in np.unique(new[new != old]):
+            ys, xs = np.nonzero((new == value) & (new != old))
+            index = (np.full_like(ys, t), np.full_like(ys, z), ys, xs)
+            mask.data_setitem(index, int(value))
     print(f"edited slices: {widget.edited}")
     z, t = given[0]
     viewer.dims.set_current_step(0, t)
