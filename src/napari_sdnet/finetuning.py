@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_sdnet.choices import labels_text
 from napari_sdnet.errors import InputError, TrainingError
 from napari_sdnet.io.slices import ACDC_LABELS, MYOCARDIUM, model_grid_labels
 from napari_sdnet.models import Model, _as_model
@@ -92,11 +93,11 @@ def _painted_mask(lab: np.ndarray, structures: Sequence[str]) -> np.ndarray:
     if painted.any():
         return painted
     found = sorted(int(v) for v in np.unique(lab))
+    what = labels_text(values)
     if tuple(structures) == ("myocardium",):
-        what, how = "myocardium (label 2)", "paint the myocardium with label 2"
+        how = "paint the myocardium with label 2"
         convention = "the myocardium is label 2, the ACDC convention"
     else:
-        what = "RV, myocardium or LV (labels 1, 2, 3)"
         how = "paint RV cavity 1, myocardium 2 or LV cavity 3"
         convention = "the ACDC convention is 1 RV, 2 myocardium, 3 LV"
     if found and found != [0]:
@@ -208,18 +209,19 @@ def finetune(
     slices, grid = preprocess_volume(arr, in_plane, model.preprocess)
     size = model.config.image_size
     flat = slices.reshape(-1, size, size)
-    myo = (lab == MYOCARDIUM).astype(np.uint8)
-    masks = preprocess_labels(myo, grid).reshape(-1, size, size)
-    # several structures: the painted slices' ACDC labels on the model grid (a painted slice
-    # counts as labelled for every structure: where none is painted is background)
-    labels_grid = None
-    if len(structures) > 1:
-        lab_flat = lab.reshape(-1, *lab.shape[-2:])[painted]
+    lab_flat = lab.reshape(-1, *lab.shape[-2:])[painted]  # the painted slices only
+    if len(structures) == 1:
+        labels_grid = None
+        masks = preprocess_labels((lab_flat == MYOCARDIUM).astype(np.uint8), grid)
+    else:
+        # the painted slices' ACDC labels on the model grid (a painted slice counts as labelled
+        # for every structure: where none is painted is background); the myocardium from them
         known = np.where(np.isin(lab_flat, [ACDC_LABELS[s] for s in structures]), lab_flat, 0)
         labels_grid = model_grid_labels(known, grid)
+        masks = (labels_grid == MYOCARDIUM).astype(np.uint8)
     data = TrainData(
         labelled_images=flat[painted],
-        labelled_masks=masks[painted],
+        labelled_masks=masks,
         unlabelled_images=flat[~painted] if (~painted).any() else None,
         labelled_labels=labels_grid,
     )
