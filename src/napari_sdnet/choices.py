@@ -23,6 +23,19 @@ REAL_MASKS = ("all", "labelled")
 STRUCTURES = ("rv", "myocardium", "lv")
 ACDC_LABELS = {"rv": 1, "myocardium": 2, "lv": 3}
 STRUCTURE_NAMES = {"rv": "RV cavity", "myocardium": "myocardium", "lv": "LV cavity"}
+
+
+def labels_text(values) -> str:
+    """ACDC label values in words: ``myocardium (label 2)``, or ``RV cavity, myocardium or LV
+    cavity (labels 1, 2, 3)``; a value of no structure is ``label N``."""
+    by_value = {v: STRUCTURE_NAMES[k] for k, v in ACDC_LABELS.items()}
+    values = [int(v) for v in values]
+    names = [by_value.get(v, f"label {v}") for v in values]
+    if len(values) == 1:
+        return f"{names[0]} (label {values[0]})"
+    nums = ", ".join(str(v) for v in values)
+    return f"{', '.join(names[:-1])} or {names[-1]} (labels {nums})"
+
 #: What ``train --structures`` offers: the paper's myocardium alone, or all three.
 STRUCTURE_SETS = {"myocardium": ("myocardium",), "all": STRUCTURES}
 #: Inference engines of ``napari-sdnet predict`` (:func:`napari_sdnet.onnx_engine.choose_engine`).

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_sdnet.choices import labels_text
+
 __all__ = [
     "EditedSlices",
     "SliceKey",
@@ -171,18 +173,6 @@ class EditedSlices:
         self.removed.add(key)
 
 
-_NAMES = {1: "RV cavity", 2: "myocardium", 3: "LV cavity"}
-
-
-def _label_text(values: Sequence[int]) -> str:
-    """``myocardium (label 2)`` or ``RV cavity, myocardium or LV cavity (labels 1, 2, 3)``."""
-    names = [_NAMES.get(v, f"label {v}") for v in values]
-    if len(values) == 1:
-        return f"{names[0]} (label {values[0]})"
-    nums = ", ".join(str(v) for v in values)
-    return f"{', '.join(names[:-1])} or {names[-1]} (labels {nums})"
-
-
 @dataclass
 class TrainingLabels:
     """Labels for fine-tuning built from the listed slices (see :func:`training_labels`)."""
@@ -197,7 +187,7 @@ class TrainingLabels:
         """Why fine-tuning cannot start ("" when it can)."""
         if self.n_listed and len(self.empty) < self.n_listed:
             return ""
-        what = _label_text(self.values)
+        what = labels_text(self.values)
         return f"no edited slice has any {what} pixel: paint the {what} on at least one slice"
 
     def warnings(self) -> list[str]:
@@ -206,7 +196,7 @@ class TrainingLabels:
         if self.other_values:
             out.append(
                 f"the edited slices hold label(s) {self.other_values}: only the "
-                f"{_label_text(self.values)} count(s), the other values are treated as background"
+                f"{labels_text(self.values)} count(s), the other values are treated as background"
             )
         if self.empty and not self.problem():
             held = " or ".join(f"label {v}" for v in self.values)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_sdnet.choices import ACDC_LABELS
 from napari_sdnet.errors import InputError
 from napari_sdnet.io.files import atomic_write
 from napari_sdnet.preprocess import SliceGrid, restore_image
@@ -106,11 +107,13 @@ class LatentSlice:
     def hard_mask(self) -> np.ndarray:
         """The binary mask g actually sees: bool ``(S, S)``, ``M > 0.5``; for C structures
         bool ``(C, S, S)``, the one-hot of the arg-max over background and the structures."""
+        from napari_sdnet.segmentation import structure_labels
+
         if self.mask.ndim == 2:
             return self.mask > 0.5
-        background = 1.0 - self.mask.sum(axis=0, keepdims=True)
-        winner = np.concatenate([background, self.mask]).argmax(axis=0)
-        return winner[None] == np.arange(1, len(self.mask) + 1)[:, None, None]
+        labels = structure_labels(self.mask, self.structures)  # the one arg-max rule
+        values = np.asarray([ACDC_LABELS[s] for s in self.structures])
+        return labels[None] == values[:, None, None]
 
     @property
     def mask_image(self) -> np.ndarray:

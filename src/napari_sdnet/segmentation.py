@@ -16,7 +16,7 @@ import numpy as np
 
 from napari_sdnet.choices import ACDC_LABELS
 from napari_sdnet.errors import InputError
-from napari_sdnet.io.slices import MYOCARDIUM
+from napari_sdnet.io.slices import MYOCARDIUM, structure_channels
 from napari_sdnet.models import Model, _as_model
 from napari_sdnet.onnx_engine import DEFAULT_BATCH_SIZE as ONNX_BATCH_SIZE
 from napari_sdnet.onnx_engine import OnnxModel
@@ -292,8 +292,7 @@ def structure_labels(probabilities: np.ndarray, structures: Sequence[str]) -> np
 def structure_masks(labels: Any, structures: Sequence[str]) -> np.ndarray:
     """One binary channel per structure, float32 ``(..., C, H, W)``, from an ACDC label map
     ``(..., H, W)``: the M that :func:`reconstruct` takes for a model of ``structures``."""
-    lab = np.asarray(labels)
-    return np.stack([lab == ACDC_LABELS[s] for s in structures], axis=-3).astype(np.float32)
+    return structure_channels(labels, structures).astype(np.float32)
 
 
 def _native_mask(probability: np.ndarray) -> np.ndarray:

@@ -104,7 +104,7 @@ def store_result(
     record.image_name = image.name
     notes: list[str] = []
     low = float(seg.grid.intensity_range[0]) if seg.grid.intensity_range else 0.0
-    structures = tuple(getattr(seg, "structures", ("myocardium",)))
+    structures = tuple(seg.structures)
     for kind, values, fill in (("reconstruction", reconstruction, low), ("mask", labels, 0)):
         made, note = _write_layer(
             viewer, state, record, kind, image, values, frame, fill, mask_name(structures)

@@ -260,11 +260,12 @@ def _model_masks(labels: np.ndarray, grid: SliceGrid) -> np.ndarray:
 
 
 def structure_channels(labels: np.ndarray, structures: Sequence[str]) -> np.ndarray:
-    """One binary channel per structure, ``(N, C, ...)`` uint8, from ACDC label maps
-    ``(N, ...)`` (``structures`` in model channel order, e.g. ``("rv", "myocardium", "lv")``)."""
+    """One binary channel per structure, ``(..., C, H, W)`` uint8, from ACDC label maps
+    ``(..., H, W)`` (``structures`` in model channel order, e.g. ``("rv", "myocardium", "lv")``;
+    ``(N, C, S, S)`` for a stack of model-grid slices)."""
     labels = np.asarray(labels)
     values = [ACDC_LABELS[name] for name in structures]
-    return np.stack([labels == v for v in values], axis=1).astype(np.uint8)
+    return np.stack([labels == v for v in values], axis=-3).astype(np.uint8)
 
 
 def model_grid_labels(labels: np.ndarray, grid: SliceGrid, n_labels: int = 4) -> np.ndarray:

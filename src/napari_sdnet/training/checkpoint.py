@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sdnet.choices import MODEL_TYPES
+from napari_sdnet.choices import ACDC_LABELS, MODEL_TYPES, STRUCTURE_NAMES
 from napari_sdnet.errors import CheckpointError, InputError
 from napari_sdnet.io.files import write_or_rescue
 from napari_sdnet.model import ModelConfig, SDNet
@@ -32,10 +32,6 @@ FORMAT_VERSION = 1
 STATE_FORMAT = "napari-sdnet-train-state"
 STATE_FORMAT_VERSION = 1
 _DISCRIMINATOR_PREFIXES = ("mask_discriminator.", "image_discriminator.")
-
-
-#: How ``napari-sdnet info`` names a model's structures (ACDC labels).
-_STRUCTURE_TEXT = {"rv": "RV cavity (1)", "myocardium": "myocardium (2)", "lv": "LV cavity (3)"}
 
 
 @dataclass
@@ -108,7 +104,8 @@ class CheckpointInfo:
             f"model type     : {self.model_type}",
             f"preset         : {cfg.name} ({cfg.image_size}x{cfg.image_size}, "
             f"{cfg.base_filters}-{cfg.unet_widths[-1]} filters, Z = {cfg.z_dim})",
-            f"segments       : {', '.join(_STRUCTURE_TEXT.get(s, s) for s in cfg.structures)}",
+            "segments       : "
+            + ", ".join(f"{STRUCTURE_NAMES[s]} ({ACDC_LABELS[s]})" for s in cfg.structures),
             f"preprocessing  : {pre.target_spacing} mm/pixel, {pre.size}x{pre.size}, "
             f"clip {pre.clip_percentiles[0]}-{pre.clip_percentiles[1]} percentiles",
             f"created        : {self.created or 'unknown'} (napari-sdnet {self.version or '?'})",
