@@ -160,7 +160,7 @@ def run_stages(args: argparse.Namespace) -> None:
     structures = model.config.structures
     channels = () if len(structures) == 1 else (len(structures),)
     model_prob = probability.reshape(*slices.shape[:-2], *channels, size, size)
-    _, mask, label_map = native_outputs(model_prob, grid, structures)
+    mask, label_map = native_outputs(model_prob, grid, structures)
     labels = label_map if label_map is not None else (mask * 2).astype(np.uint8)
     t["restore to input grid"] = clock() - s
     s = clock()

@@ -20,6 +20,7 @@ from napari_sdnet.preprocess import (
     restore_image,
     restore_labels,
     restore_probabilities,
+    restore_probability_window,
 )
 
 # (H, W) and (sy, sx) combinations: odd/even sizes, non-square pixels, cropped and padded inputs.
@@ -340,6 +341,56 @@ def test_cropped_input_outside_fov_gets_cval():
     np.testing.assert_allclose(back[:, fov], 0.8, atol=1e-6)
     labels = restore_labels(np.full((224, 224), 2, np.uint8), grid)
     assert np.all(labels[~fov] == 0) and np.all(labels[fov] == 2)
+
+
+def _blobs(rng, n, size, where):
+    """``n`` smooth model-grid probability maps, a blob around ``where`` (row, col) each."""
+    yy, xx = np.mgrid[:size, :size]
+    out = np.zeros((n, size, size), np.float32)
+    for i in range(n):
+        cy, cx = np.asarray(where) + rng.normal(0, 3, 2)
+        out[i] = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(4, 12) ** 2))
+    return out
+
+
+# blobs in the middle, on the first / last model rows and columns, in a corner
+WHERE = [(112, 112), (0, 100), (223, 40), (60, 0), (150, 223), (0, 0)]
+
+
+@pytest.mark.parametrize(("shape", "spacing"), GRIDS)
+def test_windowed_restore_is_exact_where_values_reach_the_floor(shape, spacing):
+    grid = SliceGrid.from_config(shape, spacing)
+    rng = np.random.default_rng(11)
+    for where in WHERE:
+        probs = _blobs(rng, 3, 224, where)
+        full = restore_probabilities(probs, grid)
+        for floor in (0.25, 0.5):
+            part = restore_probability_window(probs, grid, floor)
+            if part is None:  # no model value reaches the floor: nothing restored can
+                assert (full < floor).all()
+                continue
+            values, (rows, cols) = part
+            np.testing.assert_array_equal(values, full[:, rows, cols])
+            outside = np.ones(shape, bool)
+            outside[rows, cols] = False
+            assert (full[:, outside] < floor).all()  # nothing outside can reach the floor
+            assert outside.any() or (rows.stop - rows.start, cols.stop - cols.start) == shape
+            windowed = restore_probabilities(probs, grid, floor)
+            np.testing.assert_array_equal(windowed >= floor, full >= floor)
+            np.testing.assert_array_equal(windowed[:, rows, cols], full[:, rows, cols])
+
+
+def test_windowed_restore_skips_most_of_the_grid_and_nothing_when_nothing_is_likely():
+    grid = SliceGrid.from_config((256, 216), (1.5625, 1.5625))
+    probs = _blobs(np.random.default_rng(2), 4, 224, (112, 112))
+    values, (rows, cols) = restore_probability_window(probs, grid, 0.5)
+    assert values.size < 0.25 * probs.shape[0] * 256 * 216  # the blob's box, not the grid
+    assert restore_probability_window(probs * 0.2, grid, 0.5) is None
+    assert not restore_probabilities(probs * 0.2, grid, 0.5).any()
+    with pytest.raises(InputError, match="linear interpolation"):
+        grid.from_model(probs, order=0, needed=np.ones((224, 224), bool))
+    with pytest.raises(InputError, match="window mask"):
+        grid.from_model_window(probs, np.ones((3, 3), bool))
 
 
 def test_padded_input_gets_pad_value():

@@ -237,7 +237,7 @@ def evaluate(
         else:
             prob = run(_predict_iter(model, rec.slices, batch_size))[0]
             structures = model.config.structures
-            _, mask, label_map = native_outputs(prob, rec.grid, structures)
+            mask, label_map = native_outputs(prob, rec.grid, structures)
             pred = mask.astype(bool)
             gt = np.asarray(rec.labels) == MYOCARDIUM
             entry: dict[str, Any] = {

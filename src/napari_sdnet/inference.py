@@ -255,7 +255,15 @@ class _MaskPath(nn.Module):
         self.nets = nets
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.nets.decompose(x, with_z=False)[0]
+        logits, _ = self.nets.decomposer.forward_logits(self.nets.layout(x), with_z=False)
+        logits = logits.float()
+        if logits.shape[1] == 1:
+            return mask_from_logits(logits)
+        # mask_from_logits' softmax over the channels, written as element-wise operations:
+        # ONNX Runtime's Softmax on the channel axis of (B, 4, 128, 128) took 14 ms a batch
+        # (23 % of the graph's time); these take 2 ms, to the same values (within 2e-7)
+        e = torch.exp(logits - logits.amax(dim=1, keepdim=True))
+        return e[:, 1:] / e.sum(dim=1, keepdim=True)
 
 
 def mask_path(model: SDNet) -> nn.Module:

@@ -66,7 +66,7 @@ __all__ = [
 ENGINE_CHOICES = choices.ENGINES
 DEFAULT_ENGINE = "auto"
 #: Part of every cache key: bump it whenever the exported graph changes.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 OPSET = 17
 #: Slices per ``session.run`` (batch 8-48 ran within noise of each other on 2 cores).
 DEFAULT_BATCH_SIZE = 16

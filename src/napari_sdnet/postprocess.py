@@ -25,23 +25,38 @@ def largest_components(labels: np.ndarray, values: Iterable[int]) -> np.ndarray:
 
     ``labels`` is ``(y, x)`` (2D, 8-connectivity), ``(z, y, x)`` (one volume, 26-connectivity
     across neighbouring slices) or ``(t, z, y, x)`` (each frame on its own). Other values are
-    left as they are; pixels removed become 0 (background). Returns a new array.
+    left as they are; pixels removed become 0 (background). Returns a new array. Components are
+    found by ``cc3d`` (connected-components-3d: every label value at once, and light to import,
+    unlike ``scipy.ndimage`` whose import alone cost ``predict`` 0.2-0.3 s); of equal largest
+    components the first in raster order stays.
     """
-    from scipy import ndimage
+    import cc3d
 
     labels = np.asarray(labels)
     if labels.ndim == 4:
         return np.stack([largest_components(frame, values) for frame in labels])
-    out = labels.copy()
-    connectivity = np.ones((3,) * labels.ndim, bool)
-    for value in values:
-        where = labels == value
-        box = ndimage.find_objects(where.astype(np.uint8))  # the structure's bounding box
-        if not box:
-            continue
-        components, n = ndimage.label(where[box[0]], structure=connectivity)
-        if n > 1:
-            sizes = np.bincount(components.ravel())[1:]
-            view = out[box[0]]
-            view[(components > 0) & (components != 1 + int(np.argmax(sizes)))] = 0
-    return out
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"labels must be 2D, 3D or 4D, got shape {labels.shape}")
+    wanted = sorted({int(v) for v in values})
+    if labels.size == 0 or not wanted:
+        return labels.copy()
+    # one pass over every label value: a component never spans two values
+    components, n = cc3d.connected_components(
+        np.ascontiguousarray(labels), connectivity=8 if labels.ndim == 2 else 26, return_N=True
+    )
+    if n == 0:
+        return labels.copy()
+    flat = components.ravel()
+    sizes = np.bincount(flat, minlength=n + 1)
+    value_of = np.zeros(n + 1, labels.dtype)
+    value_of[flat] = labels.ravel()
+    keep = np.ones(n + 1, bool)  # per component id; 0 is the background
+    for value in wanted:
+        ids = np.flatnonzero(value_of == value)
+        ids = ids[ids > 0]
+        if ids.size > 1:
+            keep[ids] = False
+            keep[ids[np.argmax(sizes[ids])]] = True  # argmax: the first of equal sizes
+    if keep.all():
+        return labels.copy()
+    return np.where(keep[components], labels, 0).astype(labels.dtype, copy=False)

@@ -459,6 +459,7 @@ class SliceGrid:
         order: int = 1,
         cval: float = 0.0,
         anti_aliasing: bool = False,
+        needed: np.ndarray | None = None,
     ) -> np.ndarray:
         """Map ``(..., S, S)`` model-grid arrays back to the original grid ``(..., H, W)``.
 
@@ -466,27 +467,119 @@ class SliceGrid:
         interpolation. Original pixels outside the model's field of view get ``cval``. Only
         model pixels that lie on the original image are read: the padding never leaks back.
 
+        ``needed`` (boolean ``(S, S)``, linear interpolation without anti-aliasing only): compute
+        only the original rows and columns that read a model pixel where ``needed`` is True;
+        the others get ``cval``. Every pixel computed is as without ``needed``; one left out
+        is a blend of model pixels outside ``needed`` alone (what callers that want only the
+        values above a floor skip: :func:`restore_probabilities`).
+
         Returns:
             float32 for ``order > 0``; the input dtype for ``order == 0``.
         """
         arr = np.asarray(arr)
         self._check_last2(arr, self.model_shape, "model-grid array")
         order = _check_order(order)
-        step, offset = self._original_to_model()
+        if needed is not None:
+            if order != 1 or anti_aliasing:
+                raise InputError(
+                    "from_model(needed=...) is for linear interpolation without anti-aliasing"
+                )
+            out = np.full((*arr.shape[:-2], *self.in_shape), cval, np.float32)
+            part = self.from_model_window(arr, needed, cval)
+            if part is not None:
+                out[(..., *part[1])] = part[0]
+            return out
+        step, offset, arr, _ = self._valid_model_part(arr)
         out_dtype = np.dtype(np.float32) if order > 0 else arr.dtype
-        inside = self._inside(to_model=False)
-        # Read only the model pixels that lie on the original image (never the padding): an
-        # original pixel near a padded edge then takes the nearest valid model value instead of
-        # a blend with pad_value.
-        rows, cols = self._inside(to_model=True)
-        if rows.any() and cols.any():
-            r0, r1 = np.flatnonzero(rows)[[0, -1]]
-            c0, c1 = np.flatnonzero(cols)[[0, -1]]
-            arr = arr[..., r0 : r1 + 1, c0 : c1 + 1]
-            offset = offset - np.array([r0, c0], dtype=np.float64)
         return _resample(
-            arr, self.in_shape, step, offset, inside, order, cval, anti_aliasing, out_dtype
+            arr,
+            self.in_shape,
+            step,
+            offset,
+            self._inside(to_model=False),
+            order,
+            cval,
+            anti_aliasing,
+            out_dtype,
         )
+
+    def _valid_model_part(
+        self, arr: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+        """``(step, offset, part, (r0, c0))``: ``arr`` cut to the model pixels that lie on the
+        original image (first row and column ``r0, c0``), with the sampling of
+        :meth:`from_model` on that cut. Reading only those (never the padding), an original
+        pixel near a padded edge takes the nearest valid model value instead of a blend with
+        pad_value."""
+        step, offset = self._original_to_model()
+        rows, cols = self._inside(to_model=True)
+        if not (rows.any() and cols.any()):
+            return step, offset, arr, (0, 0)
+        r0, r1 = (int(v) for v in np.flatnonzero(rows)[[0, -1]])
+        c0, c1 = (int(v) for v in np.flatnonzero(cols)[[0, -1]])
+        offset = offset - np.array([r0, c0], dtype=np.float64)
+        return step, offset, arr[..., r0 : r1 + 1, c0 : c1 + 1], (r0, c0)
+
+    def from_model_window(
+        self, arr: Any, needed: np.ndarray, cval: float = 0.0
+    ) -> tuple[np.ndarray, tuple[slice, slice]] | None:
+        """Linear :meth:`from_model` of ``(..., S, S)`` on a window of the original grid only:
+        ``(values, (rows, cols))`` with ``values`` float32 ``(..., h, w)``, the original
+        rows and columns that read a model pixel where ``needed`` (boolean ``(S, S)``) is
+        True (one pixel wider on each side); None when ``needed`` is all False. The values
+        equal ``from_model(arr)[..., rows, cols]``; every pixel outside the window is a blend
+        of model pixels outside ``needed`` alone."""
+        arr = np.asarray(arr)
+        self._check_last2(arr, self.model_shape, "model-grid array")
+        needed = np.asarray(needed, bool)
+        self._check_last2(needed, self.model_shape, "model-grid window mask")
+        step, offset, arr, (r0, c0) = self._valid_model_part(arr)
+        needed = needed[r0 : r0 + arr.shape[-2], c0 : c0 + arr.shape[-1]]
+        window = _reading_window(needed, step, offset, self.in_shape)
+        if window is None:
+            return None
+        (a0, a1), (b0, b1) = window
+        # the model rows/columns that window reads (edge indices clamp as without a window)
+        first = np.floor(step * np.array([a0, b0]) + offset).astype(int)
+        last = np.floor(step * np.array([a1 - 1, b1 - 1]) + offset).astype(int) + 1
+        size = np.array(arr.shape[-2:]) - 1
+        lo, hi = np.clip(first, 0, size), np.clip(last, 0, size)
+        inside = self._inside(to_model=False)
+        values = _resample(
+            arr[..., lo[0] : hi[0] + 1, lo[1] : hi[1] + 1],
+            (a1 - a0, b1 - b0),
+            step,
+            offset + step * np.array([a0, b0]) - lo,
+            (inside[0][a0:a1], inside[1][b0:b1]),
+            1,
+            cval,
+            False,
+            np.dtype(np.float32),
+        )
+        return values, (slice(a0, a1), slice(b0, b1))
+
+
+def _reading_window(
+    needed: np.ndarray, step: np.ndarray, offset: np.ndarray, out_shape: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Output rows ``(a0, a1)`` and columns ``(b0, b1)`` (end exclusive) whose linear
+    interpolation at ``step * o + offset`` (edges clamped) reads a True pixel of ``needed``;
+    one pixel wider on each side than strictly needed. None when ``needed`` is all False."""
+    window = []
+    for k, hot in enumerate((needed.any(axis=1), needed.any(axis=0))):
+        idx = np.flatnonzero(hot)
+        if idx.size == 0:
+            return None
+        lo, hi, n = int(idx[0]), int(idx[-1]), out_shape[k]
+        # o reads floor(c) and floor(c) + 1 (c = step * o + offset): it touches [lo, hi] for
+        # lo - 1 <= c < hi + 1; clamped reads reach the first and last model pixels from beyond
+        a = 0 if lo == 0 else int(np.floor((lo - 1 - offset[k]) / step[k]))
+        b = n if hi == hot.size - 1 else int(np.ceil((hi + 1 - offset[k]) / step[k])) + 1
+        a, b = max(a, 0), min(b, n)
+        if a >= b:
+            return None
+        window.append((a, b))
+    return window[0], window[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -642,15 +735,45 @@ def preprocess_labels(
     )
 
 
-def restore_probabilities(probs: Any, grid: SliceGrid) -> np.ndarray:
+def restore_probabilities(probs: Any, grid: SliceGrid, floor: float | None = None) -> np.ndarray:
     """Map model-grid probabilities ``(..., S, S)`` back to the original grid: float32, linear.
 
-    Original pixels outside the model's field of view get probability 0.
+    Original pixels outside the model's field of view get probability 0. With ``floor``, only
+    the window of :func:`restore_probability_window` is computed and the rest is 0.
+    """
+    if floor is None:
+        arr = _as_real_array(probs, "probability map")
+        out = grid.from_model(arr, order=1, cval=0.0, anti_aliasing=False)
+        np.clip(out, 0.0, 1.0, out=out)
+        return out
+    arr = _as_real_array(probs, "probability map")
+    out = np.zeros((*arr.shape[:-2], *grid.in_shape), np.float32)
+    part = restore_probability_window(arr, grid, floor)
+    if part is not None:
+        out[(..., *part[1])] = part[0]
+    return out
+
+
+def restore_probability_window(
+    probs: Any, grid: SliceGrid, floor: float
+) -> tuple[np.ndarray, tuple[slice, slice]] | None:
+    """:func:`restore_probabilities` on the window of the original grid that can reach
+    ``floor``: ``(values, (rows, cols))``, or None when no model value reaches it.
+
+    The window holds every original pixel that reads a model value of at least ``floor`` (in
+    any slice or channel of ``probs``). Outside it every restored value would be under
+    ``floor`` (a linear blend of values under ``floor``), so a caller that only asks which
+    pixels reach ``floor`` (a threshold, an arg-max: :func:`napari_sdnet.segmentation.
+    native_outputs`) gets the same answer for a fraction of the work: the heart is a small
+    part of the field of view.
     """
     arr = _as_real_array(probs, "probability map")
-    out = grid.from_model(arr, order=1, cval=0.0, anti_aliasing=False)
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
+    grid._check_last2(arr, grid.model_shape, "model-grid array")
+    needed = (arr >= floor).reshape(-1, *arr.shape[-2:]).any(axis=0)
+    part = grid.from_model_window(arr, needed, 0.0)
+    if part is not None:
+        np.clip(part[0], 0.0, 1.0, out=part[0])
+    return part
 
 
 def restore_labels(labels: Any, grid: SliceGrid, background: int = 0) -> np.ndarray:

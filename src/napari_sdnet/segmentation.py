@@ -28,10 +28,14 @@ from napari_sdnet.preprocess import (
     preprocess_volume,
     restore_image,
     restore_probabilities,
+    restore_probability_window,
 )
 
 #: A pixel is myocardium when its (restored) probability is at least this.
 THRESHOLD = 0.5
+
+#: the :class:`Segmentation` attributes computed on first use when not given
+_LAZY = ("probability", "model_reconstruction", "reconstruction")
 
 #: ``progress(done, total)`` callbacks; ``total`` is None when unknown.
 ProgressCallback = Callable[[int, "int | None"], None]
@@ -45,7 +49,7 @@ class Segmentation:
         mask: uint8 ``(..., H, W)``, 1 = myocardium (restored probability >= 0.5; for a model
             of several structures: where the myocardium is the most likely class).
         probability: float32 ``(..., H, W)`` in [0, 1] (0 outside the model's field of view):
-            the myocardium's.
+            the myocardium's, restored from ``model_mask`` on first use when not given.
         structures / label_map: see below; :meth:`labels` gives the ACDC label map.
         z: float32 ``(..., z_dim)``: the latent vector Z of every slice (None when segmented
             with ``latents=False``).
@@ -62,14 +66,15 @@ class Segmentation:
         spacing_assumed: True when no spacing was given and the model's pixel size was assumed.
         precision: the inference precision that was used (``fp32``, ``bf16`` or ``fp16``).
 
-    :func:`segment` does not run the reconstructor: ``reconstruction``,
+    :func:`segment` restores only what its masks need: ``probability`` is restored on first
+    use. It does not run the reconstructor: ``reconstruction``,
     ``model_reconstruction`` and :attr:`reconstruction_intensity` are computed on first use
     (once, with the model and precision that made the segmentation), so a caller that only
     wants the mask never pays for them.
     """
 
     mask: np.ndarray
-    probability: np.ndarray
+    probability: np.ndarray | None
     z: np.ndarray | None
     reconstruction: np.ndarray | None = field(repr=False)
     grid: SliceGrid
@@ -91,19 +96,22 @@ class Segmentation:
         self.__dict__["_decoder"] = decoder
         self.__dict__["_lazy_lock"] = threading.RLock()
         # not given: leave them unset, so that the first access goes through __getattr__
-        for name in ("model_reconstruction", "reconstruction"):
+        for name in _LAZY:
             if self.__dict__.get(name) is None:
                 del self.__dict__[name]
 
     def __getattr__(self, name: str) -> Any:
-        # only called for attributes that are not set: the lazy reconstructions
-        if name not in ("model_reconstruction", "reconstruction") or "_lazy_lock" not in (
-            self.__dict__
-        ):
+        # only called for attributes that are not set: the lazy probability and reconstructions
+        if name not in _LAZY or "_lazy_lock" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
         with self.__dict__["_lazy_lock"]:
             if name not in self.__dict__:
-                if name == "reconstruction":
+                if name == "probability":
+                    prob = self.model_mask
+                    if len(self.structures) > 1:
+                        prob = prob[..., self.structures.index("myocardium"), :, :]
+                    value = restore_probabilities(prob, self.grid)
+                elif name == "reconstruction":
                     value = restore_image(self.model_reconstruction, self.grid)
                 else:
                     decoder = self.__dict__.get("_decoder")
@@ -295,29 +303,40 @@ def structure_masks(labels: Any, structures: Sequence[str]) -> np.ndarray:
     return structure_channels(labels, structures).astype(np.float32)
 
 
-def _native_mask(probability: np.ndarray) -> np.ndarray:
-    """The hard myocardium mask (uint8 0/1) from restored probabilities (one rule everywhere)."""
-    return (probability >= THRESHOLD).astype(np.uint8)
-
-
 def native_outputs(
     model_prob: np.ndarray, grid: SliceGrid, structures: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``(probability, mask, label_map)`` on the input grid from the soft masks on the model
-    grid, ``(..., S, S)`` or ``(..., C, S, S)`` for C structures: the myocardium's restored
-    probability, its hard mask (uint8) and, for several structures, the ACDC label map with one
-    connected component per structure and volume (:mod:`napari_sdnet.postprocess`). The one
-    rule of :func:`segment` and :func:`napari_sdnet.evaluation.evaluate`."""
-    if len(structures) == 1:
-        probability = restore_probabilities(model_prob, grid)
-        return probability, _native_mask(probability), None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(mask, label_map)`` on the input grid from the soft masks on the model grid,
+    ``(..., S, S)`` or ``(..., C, S, S)`` for C structures: the hard myocardium mask (uint8;
+    restored probability >= 0.5 for one structure) and, for several structures, the ACDC label
+    map with one connected component per structure and volume
+    (:mod:`napari_sdnet.postprocess`). The one rule of :func:`segment` and
+    :func:`napari_sdnet.evaluation.evaluate`.
+
+    Only the pixels that can be labelled are restored: a structure wins a pixel only with a
+    probability of at least 1 / (C + 1) (background and C structures share 1), and a linear
+    blend of model pixels under that stays under it (``restore_probabilities(floor=...)``), so
+    the answer is the same as restoring everything, for the heart's bounding box of work.
+    """
+    floor = 1.0 / (len(structures) + 1)
+    several = len(structures) > 1
     # channels first while restoring: every (t, z) slice shares the grid
-    per_structure = restore_probabilities(np.moveaxis(model_prob, -3, 0), grid)
-    label_map = largest_components(
-        structure_labels(per_structure, structures), [ACDC_LABELS[s] for s in structures]
-    )
-    probability = per_structure[list(structures).index("myocardium")]
-    return probability, (label_map == MYOCARDIUM).astype(np.uint8), label_map
+    prob = np.moveaxis(model_prob, -3, 0) if several else model_prob
+    lead = prob.shape[1:-2] if several else prob.shape[:-2]
+    mask = np.zeros((*lead, *grid.in_shape), np.uint8)
+    part = restore_probability_window(prob, grid, floor)
+    if not several:
+        if part is not None:
+            mask[(..., *part[1])] = part[0] >= THRESHOLD
+        return mask, None
+    label_map = np.zeros_like(mask)
+    if part is not None:
+        # outside the window nothing is labelled, so its components are the whole map's
+        label_map[(..., *part[1])] = largest_components(
+            structure_labels(part[0], structures), [ACDC_LABELS[s] for s in structures]
+        )
+        mask[(..., *part[1])] = label_map[(..., *part[1])] == MYOCARDIUM
+    return mask, label_map
 
 
 def _run_settings(
@@ -389,10 +408,10 @@ def segment_iter(
     structures = model.config.structures
     channels = () if len(structures) == 1 else (len(structures),)
     model_prob = prob.reshape(*lead, *channels, size, size)
-    probability, mask, label_map = native_outputs(model_prob, grid, structures)
+    mask, label_map = native_outputs(model_prob, grid, structures)
     result = Segmentation(
         mask=mask,
-        probability=probability,
+        probability=None,
         z=None if z is None else z.reshape(*lead, model.config.z_dim),
         reconstruction=None,
         grid=grid,
