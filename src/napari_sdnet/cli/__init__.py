@@ -15,7 +15,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from napari_sdnet import __version__
 from napari_sdnet.cli._batch import _add_batch_command
 from napari_sdnet.cli._common import _COMMANDS, _with_one_line_warnings
 from napari_sdnet.cli._measure import _add_measure_command
@@ -101,12 +100,25 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+class _Version(argparse.Action):
+    """``--version``, with the version looked up only when asked for (see ``__init__``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        import napari_sdnet
+
+        print(f"{parser.prog} {napari_sdnet.__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-sdnet",
         description="SDNet myocardium segmentation for cardiac cine MR (napari plugin and tools).",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
