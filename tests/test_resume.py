@@ -351,3 +351,23 @@ def test_the_structures_loss_keeps_an_absent_structure_alive():
     assert structures_loss(logit_stray, target) - structures_loss(logit, target) < 0.05
     # whereas the per-image Dice of the paper's loss jumps for that pixel
     assert dice_loss(stray[:, :1], target[:, :1]) - dice_loss(probs[:, :1], target[:, :1]) > 0.2
+
+
+def test_train_model_with_another_width(phantom_acdc, tmp_path):
+    """``base_filters`` trains the preset at another width (to compare model sizes)."""
+    from napari_sdnet.training.checkpoint import read_checkpoint_info
+
+    out = tmp_path / "wide.safetensors"
+    gen = _recipe(phantom_acdc, out, iterations=2, base_filters=6)
+    with pytest.raises(StopIteration):
+        while True:
+            next(gen)
+    config = read_checkpoint_info(out).model_config
+    assert config.base_filters == 6 and config.name == "tiny"
+    for bad in (0, 2.5, True):
+        with pytest.raises(InputError, match="base_filters"):
+            next(
+                train_model(
+                    phantom_acdc, "tiny", output=tmp_path / "b.safetensors", base_filters=bad
+                )
+            )

@@ -90,6 +90,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lr_schedule=args.lr_schedule,
         structures=choices.STRUCTURE_SETS[args.structures],
         scanner_augment=args.scanner_augment,
+        base_filters=args.base_filters,
         on_data=on_data,
         resume=args.resume,
         checkpoint_seconds=args.checkpoint_minutes * 60 if args.checkpoint_minutes else None,
@@ -176,6 +177,14 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         choices=choices.PRESET_NAMES,
         default="paper",
         help="network size (default paper: 224 px at 1.37 mm)",
+    )
+    p.add_argument(
+        "--base-filters",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the U-Net's first width (doubling per level) instead of the preset's (compact: "
+        "8), to compare model sizes",
     )
     p.add_argument(
         "--structures",

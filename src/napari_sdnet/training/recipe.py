@@ -332,6 +332,7 @@ def train_model(
     stop: Callable[[], str | None] | None = None,
     structures: Sequence[str] = ("myocardium",),
     scanner_augment: bool = False,
+    base_filters: int | None = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a model of ``preset`` on ``data_dir`` and write its best weights to ``output``.
 
@@ -367,7 +368,8 @@ def train_model(
     ``structures``: what the model segments, ``("myocardium",)`` (the paper) or
     ``("rv", "myocardium", "lv")`` (a multi-channel anatomy factor; ACDC labels 1, 2, 3).
     ``scanner_augment``: add the scanner/protocol-shift MR transforms to the augmentation
-    (:func:`~napari_sdnet.training.trainer.mr_transforms`).
+    (:func:`~napari_sdnet.training.trainer.mr_transforms`). ``base_filters``: the U-Net's
+    first width instead of the preset's (it doubles per level), to compare model sizes.
 
     A run whose loss became NaN/infinite (``"diverged"``) or whose weights are not finite
     raises :class:`~napari_sdnet.errors.TrainingError` and writes no model.
@@ -410,6 +412,7 @@ def train_model(
         "init": None if init is None else Path(init).name,
         "structures": list(structures),
         "reinit": list(reinit),
+        "base_filters": base_filters,
     }
     snapshot = None
     if not resume and not overwrite and state_path.exists():
@@ -426,6 +429,10 @@ def train_model(
                 "resume with the same command (only the budgets may change)"
             )
     model_config = get_preset(preset).replace(structures=tuple(structures))
+    if base_filters is not None:
+        if isinstance(base_filters, bool) or not isinstance(base_filters, int) or base_filters < 1:
+            raise InputError(f"base_filters must be a positive integer, got {base_filters!r}")
+        model_config = model_config.replace(base_filters=base_filters)
     dev = resolve_device(device)
     if reinit and init is None:
         raise InputError("reinit needs init: it restarts parts of an initial model")
