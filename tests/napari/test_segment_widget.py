@@ -352,3 +352,24 @@ def test_headless_demo_without_bundled_model_says_so(tmp_path, capsys):
     assert rc == 2
     assert "no bundled model is installed yet" in capsys.readouterr().err
     assert not (tmp_path / "d" / "screenshot.png").exists()
+
+
+def test_slice_position_shows_units_and_indices(make_napari_viewer):
+    """The canvas says where the sliders stand in ms / mm and as frame / slice numbers."""
+    from napari_sdnet._napari._dock import show_slice_position
+
+    viewer = make_napari_viewer()
+    viewer.add_image(
+        np.zeros((20, 12, 16, 16), np.float32),
+        scale=(35.5, 10.0, 1.4, 1.4),
+        units=("millisecond", "millimeter", "millimeter", "millimeter"),
+        axis_labels=("t", "z", "y", "x"),
+    )
+    show_slice_position(viewer)
+    show_slice_position(viewer)  # a second widget: still one overlay, one connection
+    viewer.dims.current_step = (3, 7, 0, 0)
+    overlay = viewer.canvas.overlays["text"]
+    assert overlay.visible and overlay.position == "top_right"
+    assert overlay.text == "t = 106.5 ms (frame 4 of 20)\nz = 70 mm (slice 8 of 12)"
+    viewer.dims.ndisplay = 3  # z is displayed now: only t is listed
+    assert overlay.text.splitlines() == ["t = 106.5 ms (frame 4 of 20)"]

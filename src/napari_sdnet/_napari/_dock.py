@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,16 +96,46 @@ def file_safe(text: str) -> str:
     return re.sub(r"[^\w.=-]+", "_", text).strip("_") or "image"
 
 
+def slice_position_text(dims: Any) -> str:
+    """Where ``dims`` (a viewer's) stands on each axis it does not display: the world position
+    with its unit (ms, mm: the layers' ``units``) and the slider's index, e.g.
+    ``t = 675 ms (frame 19 of 20)`` and ``z = 60 mm (slice 7 of 12)``."""
+    lines = []
+    units = tuple(getattr(dims, "units", None) or ())
+    for dim in dims.not_displayed:
+        label = str(dims.axis_labels[dim])
+        unit = units[dim] if dim < len(units) else None
+        unit_text = "" if unit is None or str(unit) == "pixel" else f" {unit:~P}"
+        what = {"t": "frame", "z": "slice"}.get(label, "index")
+        lines.append(
+            f"{label} = {float(dims.point[dim]):.5g}{unit_text} "
+            f"({what} {int(dims.current_step[dim]) + 1} of {int(dims.nsteps[dim])})"
+        )
+    return "\n".join(lines)
+
+
+_POSITION_SHOWN: weakref.WeakSet = weakref.WeakSet()  # viewers whose overlay is connected
+
+
 def show_slice_position(viewer: Any) -> None:
-    """Show where the viewer is along t and z in world units (ms, mm: the layers' ``units``)
-    in the canvas's top right corner (napari's current-slice overlay); the sliders count
-    indices."""
+    """Show where the viewer is along t and z (:func:`slice_position_text`: world units and the
+    sliders' indices) in the canvas's top right corner, kept up to date (napari's text overlay;
+    its current-slice overlay shows neither units nor indices). Once per viewer."""
     try:
-        overlay = viewer.canvas.overlays["current_slice"]
-    except (AttributeError, KeyError, TypeError):  # napari < 0.9
+        overlay = viewer.canvas.overlays["text"]  # napari >= 0.9
+    except (AttributeError, KeyError, TypeError):
+        overlay = getattr(viewer, "text_overlay", None)
+    if overlay is None or viewer in _POSITION_SHOWN:
         return
+
+    def update(event: Any = None) -> None:
+        overlay.text = slice_position_text(viewer.dims)
+        overlay.visible = bool(overlay.text)
+
     overlay.position = "top_right"
-    overlay.visible = True
+    viewer.dims.events.connect(update)
+    _POSITION_SHOWN.add(viewer)
+    update()
 
 
 class _Scroll(QScrollArea):
