@@ -533,6 +533,36 @@ def test_export_mask_writes_dicom_seg_for_dicom_layers(series, tmp_path):
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
+def test_the_command_line_process_reads_dicom_with_nibabel_imported_first(
+    series, tmp_path, tiny_model_file
+):
+    """In its own process the command line imports nibabel with pydicom hidden (start-up
+    time); DICOM input and output still work there, and nibabel reads NIfTI as usual."""
+    import subprocess
+    import sys
+
+    folder, _, _ = series
+    out = tmp_path / "mask.nii.gz"
+    code = (
+        "import sys\n"
+        "from napari_sdnet.cli import _import_nibabel_without_pydicom, main\n"
+        "_import_nibabel_without_pydicom()\n"
+        "import nibabel.nifti1\n"
+        "assert 'pydicom' not in sys.modules and not nibabel.nifti1.have_dicom\n"
+        f"rc = main(['predict', {str(folder)!r}, '-o', {str(out)!r}, '--model', "
+        f"{tiny_model_file!r}, '--device', 'cpu', '--engine', 'torch'])\n"
+        "import pydicom\n"
+        "assert sys.modules['pydicom'] is pydicom and pydicom.Dataset\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    vol = read_dicom(folder)
+    np.testing.assert_allclose(nib.load(out).affine, vol.geometry.affine, atol=1e-5)
+
+
 def test_cli_predict_dicom_folder(series, tmp_path, tiny_model_file, capsys):
     from napari_sdnet.cli import main
 
