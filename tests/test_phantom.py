@@ -101,6 +101,8 @@ def test_bad_arguments_raise_input_error() -> None:
         make_cine_phantom(n_frames=0)
     with pytest.raises(InputError):
         make_cine_phantom(spacing=(0.0, 1.0))
+    with pytest.raises(InputError, match="unknown phantom option.*n_slice.*known: n_slices"):
+        make_phantom_volume(n_slice=3)  # a misspelt option is not ignored
 
 
 def test_write_nifti(tmp_path) -> None:

@@ -26,8 +26,9 @@ deterministic for a given ``seed``; only NumPy and SciPy are used (nibabel for w
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -36,6 +37,7 @@ from napari_sdnet.errors import InputError
 
 __all__ = [
     "CinePhantom",
+    "PhantomOptions",
     "PhantomVolume",
     "make_cine_phantom",
     "make_phantom_volume",
@@ -260,19 +262,50 @@ def _check_args(
     return sy, sx
 
 
+@dataclass(frozen=True)
+class PhantomOptions:
+    """What a phantom study looks like (the keyword options of :func:`make_cine_phantom` and
+    :func:`make_phantom_volume`).
+
+    Attributes:
+        n_slices: short-axis slices from base (0) to apex (last).
+        shape: in-plane ``(H, W)`` pixels.
+        spacing: in-plane ``(sy, sx)`` in mm; the anatomy is sized in mm.
+        slice_thickness: z spacing in mm (recorded in ``spacing`` and ``affine``).
+        seed: random seed; the same arguments give the same phantom.
+        noise: Rician noise sigma relative to the blood intensity (0 disables noise).
+        bias_field: apply a smooth multiplicative coil-sensitivity field.
+        contrast_jitter: draw per-study tissue contrast, gain and gamma from the seed
+            (otherwise blood is about 1 and air 0).
+    """
+
+    n_slices: int = 6
+    shape: tuple[int, int] = (128, 128)
+    spacing: tuple[float, float] = (1.5, 1.5)
+    slice_thickness: float = 10.0
+    seed: int = 0
+    noise: float = 0.03
+    bias_field: bool = True
+    contrast_jitter: bool = True
+
+    @classmethod
+    def of(cls, options: dict[str, Any]) -> PhantomOptions:
+        """The options from keyword arguments; an unknown name is an :class:`InputError`."""
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            known = ", ".join(f.name for f in fields(cls))
+            raise InputError(f"unknown phantom option(s) {', '.join(unknown)}; known: {known}")
+        return cls(**options)
+
+
 def _render(
-    contractions: list[float],
-    n_slices: int,
-    shape: tuple[int, int],
-    spacing: tuple[float, float],
-    slice_thickness: float,
-    seed: int,
-    noise: float,
-    bias_field: bool,
-    contrast_jitter: bool,
+    contractions: list[float], options: PhantomOptions
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one volume per contraction value; returns ``(image, labels, affine)``."""
+    n_slices, shape, spacing = options.n_slices, options.shape, options.spacing
+    slice_thickness, noise = options.slice_thickness, options.noise
     sy, sx = _check_args(n_slices, shape, spacing, slice_thickness)
+    seed, bias_field, contrast_jitter = options.seed, options.bias_field, options.contrast_jitter
     rng = np.random.default_rng(seed)
     st = _draw_study(rng, contrast_jitter)
     h, w = int(shape[0]), int(shape[1])
@@ -319,93 +352,49 @@ def _contraction(phase: float) -> float:
     return float(0.5 * (1.0 - np.cos(2.0 * np.pi * phase)))
 
 
-def make_cine_phantom(
-    n_frames: int = 8,
-    n_slices: int = 6,
-    shape: tuple[int, int] = (128, 128),
-    spacing: tuple[float, float] = (1.5, 1.5),
-    slice_thickness: float = 10.0,
-    seed: int = 0,
-    noise: float = 0.03,
-    bias_field: bool = True,
-    contrast_jitter: bool = True,
-) -> CinePhantom:
+def make_cine_phantom(n_frames: int = 8, **options: Any) -> CinePhantom:
     """Make a synthetic short-axis cine study (for fast tests only, see the module docstring).
 
     Args:
         n_frames: cardiac phases over one beat; frame 0 is ED, frame ``n_frames // 2`` is ES.
-        n_slices: short-axis slices from base (0) to apex (last).
-        shape: in-plane ``(H, W)`` pixels.
-        spacing: in-plane ``(sy, sx)`` in mm; the anatomy is sized in mm.
-        slice_thickness: z spacing in mm (recorded in ``spacing`` and ``affine``).
-        seed: random seed; the same arguments give the same phantom.
-        noise: Rician noise sigma relative to the blood intensity (0 disables noise).
-        bias_field: apply a smooth multiplicative coil-sensitivity field.
-        contrast_jitter: draw per-study tissue contrast, gain and gamma from the seed
-            (otherwise blood is about 1 and air 0).
+        **options: what the study looks like, :class:`PhantomOptions` (``n_slices``,
+            ``shape``, ``spacing``, ``slice_thickness``, ``seed``, ``noise``, ``bias_field``,
+            ``contrast_jitter``); the same arguments give the same phantom.
 
     Returns:
         A :class:`CinePhantom` with ``image`` float32 and ``labels`` uint8, both
         ``(n_frames, n_slices, H, W)``; the time step is ``CYCLE_MS / n_frames`` ms.
     """
+    opts = PhantomOptions.of(options)
     if n_frames < 1:
         raise InputError("n_frames must be at least 1")
     contractions = [_contraction(t / n_frames) for t in range(n_frames)]
-    image, labels, affine = _render(
-        contractions,
-        n_slices,
-        shape,
-        spacing,
-        slice_thickness,
-        seed,
-        noise,
-        bias_field,
-        contrast_jitter,
-    )
+    image, labels, affine = _render(contractions, opts)
+    (sy, sx), thickness = opts.spacing, float(opts.slice_thickness)
     return CinePhantom(
         image=image,
         labels=labels,
-        spacing=(CYCLE_MS / n_frames, float(slice_thickness), float(spacing[0]), float(spacing[1])),
+        spacing=(CYCLE_MS / n_frames, thickness, float(sy), float(sx)),
         affine=affine,
         ed_frame=0,
         es_frame=n_frames // 2,
     )
 
 
-def make_phantom_volume(
-    phase: float = 0.0,
-    n_slices: int = 6,
-    shape: tuple[int, int] = (128, 128),
-    spacing: tuple[float, float] = (1.5, 1.5),
-    slice_thickness: float = 10.0,
-    seed: int = 0,
-    noise: float = 0.03,
-    bias_field: bool = True,
-    contrast_jitter: bool = True,
-) -> PhantomVolume:
+def make_phantom_volume(phase: float = 0.0, **options: Any) -> PhantomVolume:
     """One 3D phantom volume ``(z, y, x)`` at a cardiac ``phase`` (0 = ED, 0.5 = ES, 1 = ED).
 
-    Same anatomy, contrast and bias as :func:`make_cine_phantom` with the same seed (the noise
-    realisation differs). For tests only.
+    ``options`` as :func:`make_cine_phantom` (:class:`PhantomOptions`): the same anatomy,
+    contrast and bias as the cine of the same options (the noise realisation differs). For
+    tests only.
     """
+    opts = PhantomOptions.of(options)
     if not 0.0 <= phase <= 1.0:
         raise InputError("phase must be in [0, 1]")
-    image, labels, affine = _render(
-        [_contraction(phase)],
-        n_slices,
-        shape,
-        spacing,
-        slice_thickness,
-        seed,
-        noise,
-        bias_field,
-        contrast_jitter,
-    )
+    image, labels, affine = _render([_contraction(phase)], opts)
+    (sy, sx), thickness = opts.spacing, float(opts.slice_thickness)
     return PhantomVolume(
-        image=image[0],
-        labels=labels[0],
-        spacing=(float(slice_thickness), float(spacing[0]), float(spacing[1])),
-        affine=affine,
+        image=image[0], labels=labels[0], spacing=(thickness, float(sy), float(sx)), affine=affine
     )
 
 
@@ -433,7 +422,7 @@ def write_phantom_nifti(
     """
     import nibabel as nib
 
-    ph = make_cine_phantom(**phantom_kwargs)  # type: ignore[arg-type]
+    ph = make_cine_phantom(**phantom_kwargs)
     labels = ph.labels.copy()
     if labelled_frames is not None:
         keep = np.zeros(labels.shape[0], dtype=bool)
