@@ -27,6 +27,7 @@ import threading
 import weakref
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -366,19 +367,12 @@ def iter_predict(
 
 
 def predict_slices(
-    model: SDNet,
-    images: np.ndarray,
-    batch_size: int | None = 16,
-    *,
-    precision: str = "fp32",
-    outputs: Collection[str] = ALL_OUTPUTS,
+    model: SDNet, images: np.ndarray, batch_size: int | None = 16, **options: Any
 ) -> SliceOutputs:
-    """All outputs for ``images`` (N, S, S) at once (see :func:`iter_predict`; fp32 default)."""
-    wanted = _check_outputs(outputs)
-    parts = [
-        out
-        for _, out in iter_predict(model, images, batch_size, precision=precision, outputs=wanted)
-    ]
+    """All outputs for ``images`` (N, S, S) at once: :func:`iter_predict` driven to the end,
+    with its keyword options (``precision``, default fp32; ``outputs``, default all)."""
+    wanted = _check_outputs(options.pop("outputs", ALL_OUTPUTS))
+    parts = [out for _, out in iter_predict(model, images, batch_size, outputs=wanted, **options)]
     z_dim = model.config.z_dim
     size = model.config.image_size
 
