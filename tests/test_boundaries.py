@@ -131,3 +131,13 @@ def test_the_cycle_finder_finds_cycles():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
     assert not _cycles({"a": {"b"}, "b": set()})
     assert "napari_sdnet._napari._state" in _graph()["napari_sdnet._napari._dock"]
+
+
+def test_rooms_stay_small():
+    """The house rules of issue #22: no module over 800 lines, dock widgets within 550 (the
+    shared parts live in _dock / _jobs / _state), the api facade within 300."""
+    lines = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
+    assert {n: c for n, c in lines.items() if c > 800} == {}
+    widgets = {n: c for n, c in lines.items() if n.endswith("_widget") and c > 550}
+    assert widgets == {}
+    assert lines["napari_sdnet.api"] <= 300

@@ -37,7 +37,7 @@ from napari_sdnet.errors import InputError, dataclass_kwargs
 
 # the kernels' names stay importable from here (tests/test_inference_pipeline.py uses them)
 from napari_sdnet.preprocess_resample import _aa_sigma as _aa_sigma
-from napari_sdnet.preprocess_resample import _resample
+from napari_sdnet.preprocess_resample import _reading_window, _resample
 from napari_sdnet.preprocess_resample import _resample_linear as _resample_linear
 
 __all__ = [
@@ -557,29 +557,6 @@ class SliceGrid:
             np.dtype(np.float32),
         )
         return values, (slice(a0, a1), slice(b0, b1))
-
-
-def _reading_window(
-    needed: np.ndarray, step: np.ndarray, offset: np.ndarray, out_shape: tuple[int, int]
-) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """Output rows ``(a0, a1)`` and columns ``(b0, b1)`` (end exclusive) whose linear
-    interpolation at ``step * o + offset`` (edges clamped) reads a True pixel of ``needed``;
-    one pixel wider on each side than strictly needed. None when ``needed`` is all False."""
-    window = []
-    for k, hot in enumerate((needed.any(axis=1), needed.any(axis=0))):
-        idx = np.flatnonzero(hot)
-        if idx.size == 0:
-            return None
-        lo, hi, n = int(idx[0]), int(idx[-1]), out_shape[k]
-        # o reads floor(c) and floor(c) + 1 (c = step * o + offset): it touches [lo, hi] for
-        # lo - 1 <= c < hi + 1; clamped reads reach the first and last model pixels from beyond
-        a = 0 if lo == 0 else int(np.floor((lo - 1 - offset[k]) / step[k]))
-        b = n if hi == hot.size - 1 else int(np.ceil((hi + 1 - offset[k]) / step[k])) + 1
-        a, b = max(a, 0), min(b, n)
-        if a >= b:
-            return None
-        window.append((a, b))
-    return window[0], window[1]
 
 
 # --------------------------------------------------------------------------------------------

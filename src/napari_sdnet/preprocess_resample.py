@@ -1,7 +1,8 @@
 """The resampling kernels of :mod:`napari_sdnet.preprocess`: the last two axes of an array
 resampled at ``step * o + offset`` (anti-aliasing as ``skimage.transform.rescale``, linear
 interpolation as ``scipy.ndimage.affine_transform``), for every slice at once as banded
-per-axis matrices applied tap by tap, with SciPy for other orders and non-finite data."""
+per-axis matrices applied tap by tap, with SciPy for other orders and non-finite data; and
+the window of an output grid whose linear interpolation reads given input pixels."""
 
 from __future__ import annotations
 
@@ -184,3 +185,26 @@ def _resample(
             )
     out[:, outside] = cval
     return out.reshape((*lead, *out_shape))
+
+
+def _reading_window(
+    needed: np.ndarray, step: np.ndarray, offset: np.ndarray, out_shape: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Output rows ``(a0, a1)`` and columns ``(b0, b1)`` (end exclusive) whose linear
+    interpolation at ``step * o + offset`` (edges clamped) reads a True pixel of ``needed``;
+    one pixel wider on each side than strictly needed. None when ``needed`` is all False."""
+    window = []
+    for k, hot in enumerate((needed.any(axis=1), needed.any(axis=0))):
+        idx = np.flatnonzero(hot)
+        if idx.size == 0:
+            return None
+        lo, hi, n = int(idx[0]), int(idx[-1]), out_shape[k]
+        # o reads floor(c) and floor(c) + 1 (c = step * o + offset): it touches [lo, hi] for
+        # lo - 1 <= c < hi + 1; clamped reads reach the first and last model pixels from beyond
+        a = 0 if lo == 0 else int(np.floor((lo - 1 - offset[k]) / step[k]))
+        b = n if hi == hot.size - 1 else int(np.ceil((hi + 1 - offset[k]) / step[k])) + 1
+        a, b = max(a, 0), min(b, n)
+        if a >= b:
+            return None
+        window.append((a, b))
+    return window[0], window[1]
