@@ -9,7 +9,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sdnet.errors import InputError
+from napari_sdnet.io.files import atomic_write_text, check_destination
 
 #: structure keys, in display order
 STRUCTURES: tuple[str, ...] = ("lv", "rv", "myocardium")
@@ -316,28 +315,9 @@ def plot_volume_curve(result: CardiacFunction, ax: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------- writing
-def _atomic_write_text(path: str | os.PathLike[str], text: str, overwrite: bool) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; give a file name")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: file exists; refusing to overwrite (pass --overwrite)")
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+def _write_text(path: str | os.PathLike[str], text: str, overwrite: bool, what: str) -> Path:
+    check_destination(path, overwrite=overwrite, what=what)
+    return atomic_write_text(path, text, overwrite=overwrite)
 
 
 def write_json(
@@ -349,11 +329,11 @@ def write_json(
 ) -> Path:
     """Write :meth:`CardiacFunction.to_dict` (plus ``extra``, e.g. the inputs) atomically."""
     data = {**result.to_dict(), **(extra or {})}
-    return _atomic_write_text(path, json.dumps(data, indent=1) + "\n", overwrite)
+    return _write_text(path, json.dumps(data, indent=1) + "\n", overwrite, "JSON")
 
 
 def write_csv(
     result: CardiacFunction, path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
     """Write the per-frame volumes (:meth:`CardiacFunction.csv_text`) atomically."""
-    return _atomic_write_text(path, result.csv_text(), overwrite)
+    return _write_text(path, result.csv_text(), overwrite, "CSV")

@@ -119,11 +119,12 @@ def atomic_write(path: str | os.PathLike[str], *, overwrite: bool = False) -> It
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, overwrite: bool = False) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; :class:`InputError` if it cannot."""
+    """Write ``text`` (UTF-8, its line endings as they are) to ``path`` atomically;
+    :class:`InputError` if it cannot."""
     path = Path(path)
     try:
         with atomic_write(path, overwrite=overwrite) as tmp:
-            with open(tmp, "x", encoding="utf-8") as handle:
+            with open(tmp, "x", encoding="utf-8", newline="") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
