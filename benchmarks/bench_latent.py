@@ -6,7 +6,7 @@ user's (M slice, Z slice, null mask, zero Z, interpolation t, one Z slider) is t
 1. headless, per torch thread count: :func:`napari_sdnet.latent.mix_z` +
    :func:`napari_sdnet.latent.mix` onto the input grid in the image's units, i.e. what the
    widget computes for one change (decoding one 128 x 128 slice and mapping it back);
-2. with ``--widget`` (needs a display, e.g. ``xvfb-run``): the real "SDNet latent mixer" in a
+2. with ``--widget`` (needs a display, e.g. ``xvfb-run``): the real "Latent mixer" in a
    napari viewer: the widget's own measure (compute + writing the preview layer) and the wall
    time of the control change plus one pass of the Qt event loop (the canvas redraw included);
    the heat map's redraw (after a pause, see ``HEAT_DELAY_MS``) is timed on its own.
@@ -101,7 +101,7 @@ def widget(model, seg, image_data, scale, n_changes: int, threads: int) -> tuple
     record.segmentation = seg
     record.model_source = model.source
     w = LatentWidget(viewer)
-    viewer.window.add_dock_widget(w, name="SDNet latent mixer")
+    viewer.window.add_dock_widget(w, name="Latent mixer")
     state.record_changed.emit(record)
     app = QApplication.instance()
     app.processEvents()

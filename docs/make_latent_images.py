@@ -4,7 +4,7 @@
         [--out docs/images] [--figure3 fig3.png]
 
 Writes ``latent_mixer.png``: the napari window with the sample study segmented with the bundled
-model by the segmentation widget, then the "SDNet latent mixer" showing g(M of z=8, Z of z=3)
+model by the segmentation widget, then the "Latent mixer" showing g(M of z=8, Z of z=3)
 at t=0 beside the input and its reconstruction (napari's grid mode). With ``--figure3``, also
 the mixer's "Figure 3..." PNG for the same two slices. (``docs/images/figure3_sample.png`` is
 made by the example in docs/api.md.)
@@ -28,7 +28,7 @@ def main() -> None:
     viewer = napari.Viewer(title="napari-sdnet")
     image, contours = viewer.open_sample("napari-sdnet", "sunnybrook")
     seg_dock, seg_widget = viewer.window.add_plugin_dock_widget(
-        "napari-sdnet", "SDNet segmentation"
+        "napari-sdnet", "Segmentation"
     )
     seg_widget.set_model("bundled")
     seg_widget.set_device("cpu")
@@ -41,7 +41,7 @@ def main() -> None:
 
     viewer.dims.set_current_step(0, 0)
     viewer.dims.set_current_step(1, 3)
-    _, mixer = viewer.window.add_plugin_dock_widget("napari-sdnet", "SDNet latent mixer")
+    _, mixer = viewer.window.add_plugin_dock_widget("napari-sdnet", "Latent mixer")
     mixer.show_layer.setChecked(True)  # the preview also as a layer (it is drawn in the dock)
     # side by side (napari's grid mode): the input, its reconstruction g(M_3, Z_3) and the
     # preview g(M_8, Z_3)

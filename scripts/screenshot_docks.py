@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     viewer, image, contours, seg = open_segmented_sample(args.model, SIZE)
-    for name in ("SDNet fine-tuning", "SDNet latent mixer", "Cardiac function"):
+    for name in ("Fine-tuning", "Latent mixer", "Cardiac function"):
         viewer.window.add_plugin_dock_widget("napari-sdnet", name)
         settle(10)
     mask = seg.mask_layer_for(image)

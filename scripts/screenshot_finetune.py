@@ -1,4 +1,4 @@
-"""Screenshot of the "SDNet fine-tuning" widget after a short fine-tuning (real window).
+"""Screenshot of the "Fine-tuning" widget after a short fine-tuning (real window).
 
 Needs a display; headless::
 
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     viewer, image, contours, seg = open_segmented_sample(args.model, (1600, 1000))
     mask = seg.mask_layer_for(image)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sdnet", "SDNet fine-tuning")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sdnet", "Fine-tuning")
     widget.device_combo.setCurrentText("cpu")
 
     # the "corrections" on two contoured slices: every structure the model segments and the

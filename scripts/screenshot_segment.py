@@ -1,4 +1,4 @@
-"""Screenshots of the "SDNet segmentation" widget on the bundled sample study (real window).
+"""Screenshots of the "Segmentation" widget on the bundled sample study (real window).
 
 Needs a display; headless::
 

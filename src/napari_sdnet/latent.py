@@ -3,7 +3,7 @@
 SDNet splits an image into a myocardium mask M (the anatomy) and a 16-value vector Z (the rest:
 intensities, surrounding anatomy), and its reconstructor g rebuilds the image from the pair. The
 helpers here are small layers over :func:`napari_sdnet.api.reconstruct` (g on the model grid)
-and the :class:`~napari_sdnet.api.Segmentation` of a study; the "SDNet latent mixer" dock widget
+and the :class:`~napari_sdnet.api.Segmentation` of a study; the "Latent mixer" dock widget
 and scripts use the same functions::
 
     from napari_sdnet import api

@@ -44,7 +44,7 @@ def segmenter(qtbot, tiny_model_file):
 
     def make(viewer, layer=None, frame=None) -> SegmentWidget:
         widget = SegmentWidget(viewer)
-        viewer.window.add_dock_widget(widget, name="SDNet segmentation (test)")
+        viewer.window.add_dock_widget(widget, name="Segmentation (test)")
         widget.set_model(tiny_model_file)
         widget.set_device("cpu")
         if frame is not None:

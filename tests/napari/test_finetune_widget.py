@@ -1,4 +1,4 @@
-"""The "SDNet fine-tuning" dock widget.
+"""The "Fine-tuning" dock widget.
 
 Real napari viewer (under Xvfb), the synthetic phantom study and a ``tiny`` untrained model
 saved in a temporary folder: the masks mean nothing, the tests check which slices are written,
@@ -29,7 +29,7 @@ def _segmented(viewer, qtbot, model_file, layer_name="myocardium", widgets=None)
     widget is appended to ``widgets`` when given."""
     image, _ = viewer.open_sample(PLUGIN, "phantom")
     seg = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(seg, name="SDNet segmentation (test)")
+    viewer.window.add_dock_widget(seg, name="Segmentation (test)")
     seg.set_model(model_file)
     seg.set_device("cpu")
     seg.select_layer(image)
@@ -52,7 +52,7 @@ def test_finetune_keeps_edited_slices_undo_and_save(
     state = get_state(viewer)
     base_model = state.model
     assert base_model is not None
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "SDNet fine-tuning")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tuning")
     assert isinstance(widget, FinetuneWidget)
     widget.device_combo.setCurrentText("cpu")
     assert widget.chosen_image() is image and widget.mask_layer() is mask
@@ -151,7 +151,7 @@ def test_finetune_keeps_edited_slices_undo_and_save(
 def test_stop_keeps_model_and_messages(make_napari_viewer, qtbot, tiny_model_file, messages):
     viewer = make_napari_viewer()
     widget = FinetuneWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="SDNet fine-tuning (test)")
+    viewer.window.add_dock_widget(widget, name="Fine-tuning (test)")
     assert widget.finetune() is None
     assert "no segmented study" in _errors(messages)[-1]
 
@@ -194,14 +194,14 @@ def test_3d_study_errors_and_payload_fallback(
     study, _ = viewer.open_sample(PLUGIN, "phantom")
     image = viewer.add_image(study.data[0], name="frame0", scale=study.scale[1:])
     seg = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(seg, name="SDNet segmentation (test)")
+    viewer.window.add_dock_widget(seg, name="Segmentation (test)")
     seg.set_model(tiny_model_file)
     seg.set_device("cpu")
     seg.segment(image)
     qtbot.waitUntil(lambda: seg.worker is None, timeout=TIMEOUT_MS)
     mask = viewer.layers["frame0 myocardium"]
     widget = FinetuneWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="SDNet fine-tuning (test)")
+    viewer.window.add_dock_widget(widget, name="Fine-tuning (test)")
     assert widget.select_image(image) and widget.mask_layer() is mask
     widget.device_combo.setCurrentText("cpu")
     mask.paint((2, 40, 40), 2)
@@ -260,7 +260,7 @@ def test_slices_painted_while_training_are_kept(
     viewer = make_napari_viewer()
     image, mask = _segmented(viewer, qtbot, tiny_model_file)
     widget = FinetuneWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="SDNet fine-tuning (test)")
+    viewer.window.add_dock_widget(widget, name="Fine-tuning (test)")
     widget.device_combo.setCurrentText("cpu")
     mask.paint((0, 1, 64, 64), 2)
     widget.set_budget(seconds=60)
@@ -292,7 +292,7 @@ def test_a_three_structure_model_in_the_docks(
     assert set(np.unique(layer.data)) <= {0, 1, 2, 3}
     assert "RV / myocardium / LV found on" in seg.status.text()
 
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "SDNet fine-tuning")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tuning")
     widget.device_combo.setCurrentText("cpu")
     assert widget.mask_layer() is layer
     viewer.dims.set_current_step(0, 2)

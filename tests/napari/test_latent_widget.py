@@ -1,4 +1,4 @@
-"""The "SDNet latent mixer" dock widget in a real napari viewer (under Xvfb).
+"""The "Latent mixer" dock widget in a real napari viewer (under Xvfb).
 
 A ``tiny`` untrained model (the images mean nothing; the mechanics are what is tested: which
 slices are mixed, that the preview lines up with the study and follows every control, the layer
@@ -23,7 +23,7 @@ TIMEOUT_MS = 60_000
 
 def _segment(viewer, qtbot, model_file, layer, frame=None):
     seg_widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(seg_widget, name="SDNet segmentation (test)")
+    viewer.window.add_dock_widget(seg_widget, name="Segmentation (test)")
     seg_widget.set_model(model_file)
     seg_widget.set_device("cpu")
     if frame is not None:
@@ -47,7 +47,7 @@ def test_mixer_on_a_cine_study_segmented_frame_by_frame(
     user = viewer.add_image(np.zeros((8, 8), np.float32), name=PREVIEW_NAME)
 
     # the npe2 contribution docks it; nothing is segmented yet
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "SDNet latent mixer")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Latent mixer")
     assert isinstance(widget, LatentWidget)
     widget.show_layer.setChecked(True)  # the preview also as a layer (off by default)
     assert widget.chosen_image() is None and not widget.add_button.isEnabled()

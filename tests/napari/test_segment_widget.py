@@ -1,4 +1,4 @@
-"""The "SDNet segmentation" dock widget, its per-viewer state and the headless demo.
+"""The "Segmentation" dock widget, its per-viewer state and the headless demo.
 
 Real napari viewers (under Xvfb) and a ``tiny`` untrained model saved in a temporary folder:
 the masks mean nothing, the tests check shapes, alignment, values, the layer rules and the
@@ -29,7 +29,7 @@ TIMEOUT_MS = 60_000
 
 def _widget(viewer, model_file: str) -> SegmentWidget:
     widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="SDNet segmentation (test)")
+    viewer.window.add_dock_widget(widget, name="Segmentation (test)")
     widget.set_model(model_file)
     widget.set_device("cpu")
     return widget
@@ -51,7 +51,7 @@ def test_segment_sample_aligned_saved_and_exported(
     viewer = make_napari_viewer()
     image, _contours = viewer.open_sample(PLUGIN, "sunnybrook")
     # the npe2 widget contribution docks it
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "SDNet segmentation")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segmentation")
     assert isinstance(widget, SegmentWidget)
     assert widget.chosen_layer() is image
     widget.set_model(tiny_model_file)
@@ -309,7 +309,7 @@ def test_layers_menu_command_docks_widget_on_selected_layer(make_napari_viewer, 
     b = viewer.add_image(np.zeros((3, 16, 16), np.float32), name="b")
     viewer.layers.selection.active = a
     get_app_model().commands.execute_command("napari-sdnet.segment_layer").result()
-    widget = viewer.window.dock_widgets["SDNet segmentation (napari-sdnet)"]
+    widget = viewer.window.dock_widgets["Segmentation (napari-sdnet)"]
     assert isinstance(widget, SegmentWidget) and widget.chosen_layer() is a
     viewer.layers.selection.active = b
     segment_selected_layer(viewer)  # the same widget, now on b
@@ -356,7 +356,7 @@ def test_headless_demo_without_bundled_model_says_so(tmp_path, capsys):
 
 def test_slice_position_shows_units_and_indices(make_napari_viewer):
     """The canvas says where the sliders stand in ms / mm and as frame / slice numbers."""
-    from napari_sdnet._napari._dock import show_slice_position
+    from napari_sdnet._napari._dock import POSITION_OVERLAY, show_slice_position
 
     viewer = make_napari_viewer()
     viewer.add_image(
@@ -368,8 +368,10 @@ def test_slice_position_shows_units_and_indices(make_napari_viewer):
     show_slice_position(viewer)
     show_slice_position(viewer)  # a second widget: still one overlay, one connection
     viewer.dims.current_step = (3, 7, 0, 0)
-    overlay = viewer.canvas.overlays["text"]
+    overlay = viewer.canvas.overlays[POSITION_OVERLAY]
     assert overlay.visible and overlay.position == "top_right"
-    assert overlay.text == "t = 106.5 ms (frame 4 of 20)\nz = 70 mm (slice 8 of 12)"
+    assert not viewer.canvas.overlays["text"].visible  # left to the corrected-slice mark
+    # the indices as napari's sliders show them (from 0)
+    assert overlay.text == "t = 106.5 ms (frame 3 of 0-19)\nz = 70 mm (slice 7 of 0-11)"
     viewer.dims.ndisplay = 3  # z is displayed now: only t is listed
-    assert overlay.text.splitlines() == ["t = 106.5 ms (frame 4 of 20)"]
+    assert overlay.text.splitlines() == ["t = 106.5 ms (frame 3 of 0-19)"]

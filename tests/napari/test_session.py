@@ -33,12 +33,12 @@ from napari_sdnet._napari._state import get_state
 
 PLUGIN = "napari-sdnet"
 TIMEOUT_MS = 60_000
-DOCKS = ("SDNet segmentation", "SDNet fine-tuning", "SDNet latent mixer", "Cardiac function")
+DOCKS = ("Segmentation", "Fine-tuning", "Latent mixer", "Cardiac function")
 
 
 def _finetuner(viewer) -> FinetuneWidget:
     widget = FinetuneWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="SDNet fine-tuning (test)")
+    viewer.window.add_dock_widget(widget, name="Fine-tuning (test)")
     widget.device_combo.setCurrentText("cpu")
     return widget
 
@@ -222,7 +222,7 @@ def test_all_docks_fit_a_1600_by_1000_window_and_status_is_never_hidden(make_nap
     shown = [d for d in ours if not d.visibleRegion().isEmpty()]
     assert len(shown) == 1 and shown[0].height() >= 700
     # the fine-tuning widget: its status line is not under the loss plot
-    tune = widgets["SDNet fine-tuning"]
+    tune = widgets["Fine-tuning"]
     status, plot = tune.status.geometry(), tune.loss_plot.geometry()
     assert not status.intersects(plot) and not tune.loss_label.geometry().intersects(plot)
     assert tune.status.height() >= tune.status.sizeHint().height() - 1

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,8 +97,8 @@ def file_safe(text: str) -> str:
 
 def slice_position_text(dims: Any) -> str:
     """Where ``dims`` (a viewer's) stands on each axis it does not display: the world position
-    with its unit (ms, mm: the layers' ``units``) and the slider's index, e.g.
-    ``t = 675 ms (frame 19 of 20)`` and ``z = 60 mm (slice 7 of 12)``."""
+    with its unit (ms, mm: the layers' ``units``) and the slider's index as napari counts it
+    (from 0), e.g. ``t = 675 ms (frame 18 of 0-19)`` and ``z = 60 mm (slice 6 of 0-11)``."""
     lines = []
     units = tuple(getattr(dims, "units", None) or ())
     for dim in dims.not_displayed:
@@ -109,32 +108,42 @@ def slice_position_text(dims: Any) -> str:
         what = {"t": "frame", "z": "slice"}.get(label, "index")
         lines.append(
             f"{label} = {float(dims.point[dim]):.5g}{unit_text} "
-            f"({what} {int(dims.current_step[dim]) + 1} of {int(dims.nsteps[dim])})"
+            f"({what} {int(dims.current_step[dim])} of 0-{int(dims.nsteps[dim]) - 1})"
         )
     return "\n".join(lines)
 
 
-_POSITION_SHOWN: weakref.WeakSet = weakref.WeakSet()  # viewers whose overlay is connected
+#: the canvas overlay that shows the slice position (its own: the viewer's text overlay marks
+#: corrected slices, :mod:`napari_sdnet._napari._corrections`)
+POSITION_OVERLAY = "sdnet_slice_position"
 
 
 def show_slice_position(viewer: Any) -> None:
     """Show where the viewer is along t and z (:func:`slice_position_text`: world units and the
-    sliders' indices) in the canvas's top right corner, kept up to date (napari's text overlay;
-    its current-slice overlay shows neither units nor indices). Once per viewer."""
+    sliders' indices) in the canvas's top right corner, kept up to date: an overlay of its own
+    (napari's current-slice overlay shows neither units nor indices; before napari 0.9, which
+    takes no new overlays, that one is shown instead). Once per viewer."""
     try:
-        overlay = viewer.canvas.overlays["text"]  # napari >= 0.9
-    except (AttributeError, KeyError, TypeError):
-        overlay = getattr(viewer, "text_overlay", None)
-    if overlay is None or viewer in _POSITION_SHOWN:
+        overlays = viewer.canvas.overlays
+    except AttributeError:  # napari < 0.9
+        overlays = None
+    if overlays is None or not hasattr(overlays, "__setitem__"):
+        current = getattr(viewer, "_overlays", {}).get("current_slice")
+        if current is not None:
+            current.position, current.visible = "top_right", True
         return
+    if POSITION_OVERLAY in overlays:
+        return
+    from napari.components.overlays import TextOverlay
+
+    overlay = TextOverlay(position="top_right", color="white", font_size=10)
 
     def update(event: Any = None) -> None:
         overlay.text = slice_position_text(viewer.dims)
         overlay.visible = bool(overlay.text)
 
-    overlay.position = "top_right"
+    overlays[POSITION_OVERLAY] = overlay
     viewer.dims.events.connect(update)
-    _POSITION_SHOWN.add(viewer)
     update()
 
 
@@ -372,7 +381,7 @@ class DockWidget(QWidget):
         """:meth:`chooser_form` for a widget working on segmented studies."""
         return self.chooser_form(
             "study", accept, on_refresh, prefer_active=False,
-            tooltip="a study segmented with the SDNet segmentation widget",
+            tooltip="a study segmented with the Segmentation widget",
         )
 
     def start_job(self, body: Callable, job: Any, **kw: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Dock widget "SDNet fine-tuning": fine-tune the model on the slices the user corrected.
+"""Dock widget "Fine-tuning": fine-tune the model on the slices the user corrected.
 
 Layout and wiring only: the training is :func:`napari_sdnet.api.finetune` and the new
 segmentation :func:`napari_sdnet.api.segment_iter`, both run by the dock's job runner; which
@@ -56,7 +56,7 @@ from napari_sdnet.edits import SliceKey, painted_slices, training_labels
 from napari_sdnet.errors import SDNetError
 from napari_sdnet.io.slices import ACDC_LABELS
 
-WIDGET_NAME = "SDNet fine-tuning"
+WIDGET_NAME = "Fine-tuning"
 BUDGET_SECONDS = "seconds"
 BUDGET_STEPS = "steps"
 UPDATE_ALL = "whole model"
@@ -240,7 +240,7 @@ class FinetuneWidget(DockWidget):
 
     def _no_study_message(self) -> str:
         return (
-            "no segmented study: segment the study with the SDNet segmentation widget first, "
+            "no segmented study: segment the study with the Segmentation widget first, "
             "then correct its '<image> segmentation' (or '<image> myocardium') layer"
         )
 
@@ -271,7 +271,7 @@ class FinetuneWidget(DockWidget):
             self._error(self._no_study_message())
             return None
         if self.state.model is None:
-            self._error("no model is loaded: segment the study with the SDNet segmentation widget")
+            self._error("no model is loaded: segment the study with the Segmentation widget")
             return None
         data, mask = np.asarray(image.data), np.asarray(layer.data)
         if mask.shape != data.shape:

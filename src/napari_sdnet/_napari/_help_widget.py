@@ -28,7 +28,7 @@ def help_html() -> str:
 <ol>
 <li><b>Open</b> a cine MR study: File &gt; Open (NIfTI, DICOM folder) or
 File &gt; Open Sample &gt; napari-sdnet.</li>
-<li><b>Segment</b> (Plugins &gt; napari-sdnet &gt; SDNet segmentation): choose the image, the
+<li><b>Segment</b> (Plugins &gt; napari-sdnet &gt; Segmentation): choose the image, the
 model and the device, press Segment. Progress shows in the widget and in napari's activity
 (bottom right). The result is <i>&lt;image&gt; segmentation</i> (1 RV cavity, 2 myocardium,
 3 LV cavity; <i>&lt;image&gt; myocardium</i>, label 2, with a myocardium-only model).</li>
@@ -36,10 +36,10 @@ model and the device, press Segment. Progress shows in the widget and in napari'
 controls: 1, 2 or 3). The fine-tuning widget
 lists every slice that differs from the model's mask (click one to go there); the viewer says
 when the slice shown is a corrected one.</li>
-<li><b>Fine-tune</b> (SDNet fine-tuning) on the corrected slices: the new model, <i>fine-tuned
+<li><b>Fine-tune</b> (Fine-tuning) on the corrected slices: the new model, <i>fine-tuned
 N</i>, is then in use in every widget (Segment uses it) and can be saved. Undo puts back the
 model and the mask it replaced, and says which.</li>
-<li><b>Mix</b> anatomy and imaging factors (SDNet latent mixer): the preview is drawn in the
+<li><b>Mix</b> anatomy and imaging factors (Latent mixer): the preview is drawn in the
 widget; "show in viewer" also adds it as a layer.</li>
 <li><b>Measure</b> volumes, EF and LV mass (Cardiac function).</li>
 </ol>

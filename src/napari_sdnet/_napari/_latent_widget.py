@@ -1,4 +1,4 @@
-"""Dock widget "SDNet latent mixer": g(M of one slice, Z of another) on a segmented study.
+"""Dock widget "Latent mixer": g(M of one slice, Z of another) on a segmented study.
 
 Layout and wiring only: every computation is :mod:`napari_sdnet.latent` (the same functions a
 script calls through :mod:`napari_sdnet.api`). The widget reads what the segmentation widget
@@ -231,7 +231,7 @@ class LatentWidget(DockWidget):
             self._quiet -= 1
         self._set_enabled(image is not None)
         if image is None:
-            self.status.setText("no segmented image: segment one with 'SDNet segmentation'")
+            self.status.setText("no segmented image: segment one with the Segmentation widget")
         self._changed(heat=True)
 
     def _on_record_changed(self, record: SegmentationRecord) -> None:
@@ -365,12 +365,12 @@ class LatentWidget(DockWidget):
     def _problem(self) -> str | None:
         image, record = self.chosen_image(), self._record()
         if image is None or record is None:
-            return "no segmented image: segment one with 'SDNet segmentation'"
+            return "no segmented image: segment one with the Segmentation widget"
         if self.state.busy:
             return "waiting: a segmentation or fine-tuning job is running on this viewer"
         model = self.state.model
         if model is None:
-            return "no model is loaded: segment the image with 'SDNet segmentation' first"
+            return "no model is loaded: segment the image with 'Segmentation' first"
         if record.model_source and model.source != record.model_source:
             return (
                 f"{image.name!r} was segmented with {record.model_source}, but the loaded model "

@@ -1,4 +1,4 @@
-"""Dock widget "SDNet segmentation": segment the heart (or the myocardium) of an image layer.
+"""Dock widget "Segmentation": segment the heart (or the myocardium) of an image layer.
 
 Layout and wiring only: the work is :func:`napari_sdnet.api.segment_iter` (run by the dock's
 :class:`~napari_sdnet._napari._jobs.JobRunner`, so the window stays responsive and Cancel works
@@ -62,7 +62,7 @@ from napari_sdnet._napari._models import (
 from napari_sdnet._napari._state import SegmentationRecord, unwrap
 from napari_sdnet.errors import SDNetError
 
-WIDGET_NAME = "SDNet segmentation"
+WIDGET_NAME = "Segmentation"
 FRAMES_ALL = "all frames"
 FRAMES_CURRENT = "current frame"
 EXPORT_ACDC = "ACDC labels (1 RV, 2 myocardium, 3 LV)"
@@ -396,7 +396,7 @@ class SegmentWidget(DockWidget):
 
     def _on_aborted(self) -> None:
         self.status.setText("cancelled: no layer was added or changed")
-        self._info("SDNet segmentation cancelled; no layer was added or changed")
+        self._info("Segmentation cancelled; no layer was added or changed")
 
     def _on_finished(self) -> None:
         self._job = None

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 PLUGIN = "napari-sdnet"
-WIDGET = "SDNet segmentation"
+WIDGET = "Segmentation"
 FUNCTION_WIDGET = "Cardiac function"
 
 
@@ -27,7 +27,7 @@ def open_in_viewer(viewer, paths: list[str] | None = None, sample: bool = True) 
 
 
 def dock_segment_widget(viewer, layer=None):
-    """Dock the "SDNet segmentation" widget (on ``layer`` if given); returns the widget."""
+    """Dock the "Segmentation" widget (on ``layer`` if given); returns the widget."""
     from napari_sdnet._napari._state import unwrap
 
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
