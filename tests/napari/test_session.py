@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sdnet import api
+from napari_sdnet._napari._corrections import text_overlay
 from napari_sdnet._napari._finetune_widget import FinetuneWidget
 from napari_sdnet._napari._latent_widget import PREVIEW_NAME, LatentWidget
 from napari_sdnet._napari._state import get_state
@@ -277,7 +278,7 @@ def test_every_kind_of_edit_is_listed_shown_and_navigable(
     _settle(400)
     tune.corrections.show_slice(tune.edited.index((4, 3)))
     assert tune.corrections.current_slice() == (4, 3)
-    overlay = viewer.text_overlay
+    overlay = text_overlay(viewer)
     assert overlay.visible and "corrected slice t=4, z=3" in overlay.text
     viewer.dims.set_current_step(0, 0)
     assert not overlay.visible
