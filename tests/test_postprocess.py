@@ -37,6 +37,8 @@ def test_frames_of_a_cine_are_cleaned_on_their_own():
     out = largest_components(cine, [3])
     assert out[0, 0, 8, 8] == 0 and out[0, :, 1:3, 1:3].all()
     assert out[1, 0, 1, 1] == 0 and out[1, :, 6:9, 6:9].all()
+    from_generator = largest_components(cine, (v for v in [3]))  # values read once, all frames
+    np.testing.assert_array_equal(from_generator, out)
     two_d = np.zeros((6, 6), np.uint8)
     two_d[0, 0] = two_d[3:5, 3:5] = 1
     assert largest_components(two_d, [1])[0, 0] == 0

@@ -33,11 +33,12 @@ def largest_components(labels: np.ndarray, values: Iterable[int]) -> np.ndarray:
     import cc3d
 
     labels = np.asarray(labels)
+    values = [int(v) for v in values]  # once: a generator would be used up by the first frame
     if labels.ndim == 4:
         return np.stack([largest_components(frame, values) for frame in labels])
     if labels.ndim not in (2, 3):
         raise ValueError(f"labels must be 2D, 3D or 4D, got shape {labels.shape}")
-    wanted = sorted({int(v) for v in values})
+    wanted = sorted(set(values))
     if labels.size == 0 or not wanted:
         return labels.copy()
     # one pass over every label value: a component never spans two values

@@ -74,7 +74,7 @@ class Segmentation:
     """
 
     mask: np.ndarray
-    probability: np.ndarray | None
+    probability: np.ndarray | None = field(repr=False)
     z: np.ndarray | None
     reconstruction: np.ndarray | None = field(repr=False)
     grid: SliceGrid

@@ -136,7 +136,7 @@ def show_slice_position(viewer: Any) -> None:
         return
     from napari.components.overlays import TextOverlay
 
-    overlay = TextOverlay(position="top_right", color="white", font_size=10)
+    overlay = TextOverlay(position="top_right", font_size=10)  # colour: the theme's
 
     def update(event: Any = None) -> None:
         overlay.text = slice_position_text(viewer.dims)

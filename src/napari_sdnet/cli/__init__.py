@@ -213,13 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command not in _GUI_COMMANDS:
-        _import_nibabel_without_pydicom()
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread (e.g. called from a worker): leave signals alone
         previous = None
     try:
+        if args.command not in _GUI_COMMANDS:
+            _import_nibabel_without_pydicom()
         return int(_COMMANDS[args.command](args) or 0)
     except SDNetError as exc:
         print(f"napari-sdnet {args.command}: error: {exc}", file=sys.stderr)
