@@ -387,8 +387,6 @@ def test_windowed_restore_skips_most_of_the_grid_and_nothing_when_nothing_is_lik
     assert values.size < 0.25 * probs.shape[0] * 256 * 216  # the blob's box, not the grid
     assert restore_probability_window(probs * 0.2, grid, 0.5) is None
     assert not restore_probabilities(probs * 0.2, grid, 0.5).any()
-    with pytest.raises(InputError, match="linear interpolation"):
-        grid.from_model(probs, order=0, needed=np.ones((224, 224), bool))
     with pytest.raises(InputError, match="window mask"):
         grid.from_model_window(probs, np.ones((3, 3), bool))
 

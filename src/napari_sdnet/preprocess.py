@@ -459,7 +459,6 @@ class SliceGrid:
         order: int = 1,
         cval: float = 0.0,
         anti_aliasing: bool = False,
-        needed: np.ndarray | None = None,
     ) -> np.ndarray:
         """Map ``(..., S, S)`` model-grid arrays back to the original grid ``(..., H, W)``.
 
@@ -467,11 +466,7 @@ class SliceGrid:
         interpolation. Original pixels outside the model's field of view get ``cval``. Only
         model pixels that lie on the original image are read: the padding never leaks back.
 
-        ``needed`` (boolean ``(S, S)``, linear interpolation without anti-aliasing only): compute
-        only the original rows and columns that read a model pixel where ``needed`` is True;
-        the others get ``cval``. Every pixel computed is as without ``needed``; one left out
-        is a blend of model pixels outside ``needed`` alone (what callers that want only the
-        values above a floor skip: :func:`restore_probabilities`).
+        :meth:`from_model_window` computes only a window of it.
 
         Returns:
             float32 for ``order > 0``; the input dtype for ``order == 0``.
@@ -479,16 +474,6 @@ class SliceGrid:
         arr = np.asarray(arr)
         self._check_last2(arr, self.model_shape, "model-grid array")
         order = _check_order(order)
-        if needed is not None:
-            if order != 1 or anti_aliasing:
-                raise InputError(
-                    "from_model(needed=...) is for linear interpolation without anti-aliasing"
-                )
-            out = np.full((*arr.shape[:-2], *self.in_shape), cval, np.float32)
-            part = self.from_model_window(arr, needed, cval)
-            if part is not None:
-                out[(..., *part[1])] = part[0]
-            return out
         step, offset, arr, _ = self._valid_model_part(arr)
         out_dtype = np.dtype(np.float32) if order > 0 else arr.dtype
         return _resample(
@@ -718,12 +703,11 @@ def restore_probabilities(probs: Any, grid: SliceGrid, floor: float | None = Non
     Original pixels outside the model's field of view get probability 0. With ``floor``, only
     the window of :func:`restore_probability_window` is computed and the rest is 0.
     """
+    arr = _as_real_array(probs, "probability map")
     if floor is None:
-        arr = _as_real_array(probs, "probability map")
         out = grid.from_model(arr, order=1, cval=0.0, anti_aliasing=False)
         np.clip(out, 0.0, 1.0, out=out)
         return out
-    arr = _as_real_array(probs, "probability map")
     out = np.zeros((*arr.shape[:-2], *grid.in_shape), np.float32)
     part = restore_probability_window(arr, grid, floor)
     if part is not None:

@@ -429,9 +429,7 @@ def train_model(
                 "resume with the same command (only the budgets may change)"
             )
     model_config = get_preset(preset).replace(structures=tuple(structures))
-    if base_filters is not None:
-        if isinstance(base_filters, bool) or not isinstance(base_filters, int) or base_filters < 1:
-            raise InputError(f"base_filters must be a positive integer, got {base_filters!r}")
+    if base_filters is not None:  # checked by ModelConfig, as every width
         model_config = model_config.replace(base_filters=base_filters)
     dev = resolve_device(device)
     if reinit and init is None:
