@@ -121,18 +121,10 @@ POSITION_OVERLAY = "sdnet_slice_position"
 def show_slice_position(viewer: Any) -> None:
     """Show where the viewer is along t and z (:func:`slice_position_text`: world units and the
     sliders' indices) in the canvas's top right corner, kept up to date: an overlay of its own
-    (napari's current-slice overlay shows neither units nor indices; before napari 0.9, which
-    takes no new overlays, that one is shown instead). Once per viewer."""
-    try:
-        overlays = viewer.canvas.overlays
-    except AttributeError:  # napari < 0.9
-        overlays = None
-    if overlays is None or not hasattr(overlays, "__setitem__"):
-        current = getattr(viewer, "_overlays", {}).get("current_slice")
-        if current is not None:
-            current.position, current.visible = "top_right", True
-        return
-    if POSITION_OVERLAY in overlays:
+    (napari's current-slice overlay shows neither units nor indices; before napari 0.9, whose
+    viewer has no canvas overlays, nothing is shown). Once per viewer."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)  # napari >= 0.9
+    if overlays is None or POSITION_OVERLAY in overlays:
         return
     from napari.components.overlays import TextOverlay
 

@@ -370,7 +370,7 @@ class LatentWidget(DockWidget):
             return "waiting: a segmentation or fine-tuning job is running on this viewer"
         model = self.state.model
         if model is None:
-            return "no model is loaded: segment the image with 'Segmentation' first"
+            return "no model is loaded: segment the image with the Segmentation widget first"
         if record.model_source and model.source != record.model_source:
             return (
                 f"{image.name!r} was segmented with {record.model_source}, but the loaded model "
